@@ -1,0 +1,181 @@
+//! One settings type for both binaries, read from the environment (and an optional `.env`),
+//! validated at start with messages that name the variable. Secrets are wrapped so that they
+//! cannot reach a log line by accident.
+
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Settings shared by `web` and `worker`. Every field is an environment variable; `--help` lists them.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Postgres connection URL (the source of truth).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    pub database_url: SecretString,
+
+    /// Redis connection URL (job delivery only).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key this deployment uses; separate deployments sharing one Redis
+    /// need distinct prefixes.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "watermark")]
+    pub queue_prefix: String,
+
+    /// S3 endpoint URL (MinIO, Garage, ...). Leave empty for AWS itself.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// Bucket holding originals, results and archives.
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: String,
+
+    /// S3 access key id.
+    #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: String,
+
+    /// S3 secret access key.
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true, value_parser = secret)]
+    pub s3_secret_access_key: SecretString,
+
+    /// Use path-style S3 addressing (needed by MinIO and Garage).
+    #[arg(long, env = "S3_FORCE_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_force_path_style: bool,
+
+    /// Seconds a finished batch and its download stay available before the purge deletes them.
+    #[arg(long, env = "RESULT_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub result_ttl_seconds: u64,
+
+    /// Largest accepted file, in bytes; a larger file fails alone with a clear reason.
+    #[arg(long, env = "MAX_FILE_BYTES", default_value_t = 50 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_bytes: u64,
+
+    /// Most files accepted in one batch; more is refused with 413.
+    #[arg(long, env = "MAX_FILES_PER_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_files_per_batch: u32,
+
+    /// Largest accepted upload (all files of one batch together), in bytes; more is refused with 413.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 500 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_bytes: u64,
+
+    /// Largest image accepted, in pixels (width × height), checked before decoding.
+    #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
+
+    /// Seconds one image may take to process before it fails.
+    #[arg(long, env = "IMAGE_TIMEOUT_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub image_timeout_seconds: u64,
+
+    /// How many times an image is tried (crashes and transient errors included) before it fails.
+    #[arg(long, env = "MAX_IMAGE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_image_attempts: u32,
+
+    /// JPEG quality of processed JPEG images (1–100).
+    #[arg(long, env = "JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_quality: u8,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(s.to_owned()))
+}
+
+impl Settings {
+    pub fn result_ttl(&self) -> Duration {
+        Duration::from_secs(self.result_ttl_seconds)
+    }
+
+    pub fn image_timeout(&self) -> Duration {
+        Duration::from_secs(self.image_timeout_seconds)
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.expose_secret()
+    }
+
+    /// The limits the image pipeline enforces.
+    pub fn image_limits(&self) -> crate::pipeline::Limits {
+        crate::pipeline::Limits {
+            max_pixels: self.max_image_pixels,
+            jpeg_quality: self.jpeg_quality,
+        }
+    }
+}
+
+/// Loads `.env` (when present) into the environment before clap reads it. Values already in the
+/// environment win.
+pub fn load_dotenv() {
+    let _ = dotenvy::dotenv();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://u:hunter2@h/db",
+            "--redis-url",
+            "redis://:pw-redis@h",
+            "--s3-bucket",
+            "b",
+            "--s3-access-key-id",
+            "GK1",
+            "--s3-secret-access-key",
+            "s3cr3t",
+        ])
+        .expect("valid settings");
+        let text = format!("{:?}", cli.settings);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("pw-redis"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert_eq!(cli.settings.result_ttl_seconds, 3600);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = Cli::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://h/db",
+            "--redis-url",
+            "redis://h",
+            "--s3-bucket",
+            "b",
+            "--s3-access-key-id",
+            "k",
+            "--s3-secret-access-key",
+            "s",
+            "--jpeg-quality",
+            "300",
+        ])
+        .err()
+        .expect("quality 300 is refused");
+        assert!(err.to_string().contains("jpeg-quality"), "{err}");
+    }
+}

@@ -1,0 +1,540 @@
+//! Every Postgres query of the system. Postgres is the source of truth: every state change of a
+//! batch or an image happens here, guarded so that running any job twice never counts twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, Row};
+
+use crate::domain::{BatchId, BatchStatus, ImageId, ImageStatus};
+
+pub type Db = PgPool;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects and applies the migrations (idempotent; concurrent starts wait on a lock).
+pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A batch as the pages and the API show it.
+#[derive(Debug, Clone, FromRow)]
+pub struct Batch {
+    pub id: BatchId,
+    #[sqlx(try_from = "String")]
+    pub status: BatchStatusText,
+    pub pipeline: serde_json::Value,
+    pub total: i32,
+    pub done_count: i32,
+    pub failed_count: i32,
+    pub error: Option<String>,
+    pub archive_bytes: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A status read from a text column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStatusText(pub BatchStatus);
+
+impl TryFrom<String> for BatchStatusText {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse().map(Self)
+    }
+}
+
+impl Batch {
+    pub fn status(&self) -> BatchStatus {
+        self.status.0
+    }
+}
+
+/// One image of a batch, as the pages and the API show it.
+#[derive(Debug, Clone, FromRow)]
+pub struct Image {
+    pub id: ImageId,
+    pub position: i32,
+    pub name: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub output_format: Option<String>,
+    pub processed_by: Option<String>,
+    pub attempts: i32,
+}
+
+impl Image {
+    pub fn status(&self) -> ImageStatus {
+        self.status.parse().unwrap_or(ImageStatus::Pending)
+    }
+}
+
+/// A file received with an upload, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub id: ImageId,
+    pub name: String,
+    pub input_format: Option<String>,
+    pub input_bytes: i64,
+    /// `Some(reason)` when the file was refused at upload (empty, too large, not an image).
+    pub rejected: Option<String>,
+}
+
+pub async fn create_batch(
+    db: &Db,
+    id: BatchId,
+    pipeline: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO batches (id, status, pipeline) VALUES ($1, 'uploading', $2)")
+        .bind(id)
+        .bind(pipeline)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// What became of an upload once it was recorded.
+#[derive(Debug)]
+pub struct Recorded {
+    /// Images that wait for a `ProcessImage` job.
+    pub pending: Vec<ImageId>,
+    /// True when no image is left to process (every file was refused): the archive step is next.
+    pub complete: bool,
+}
+
+/// Records every file of the upload and moves the batch `uploading -> queued` (or straight to
+/// `archiving` when every file was refused), in one transaction.
+pub async fn record_upload(
+    db: &Db,
+    batch: BatchId,
+    pipeline: &serde_json::Value,
+    images: &[NewImage],
+) -> Result<Recorded, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let mut pending = Vec::new();
+    let mut failed = 0i32;
+    for (position, img) in images.iter().enumerate() {
+        let status = if img.rejected.is_some() {
+            failed += 1;
+            ImageStatus::Failed
+        } else {
+            pending.push(img.id);
+            ImageStatus::Pending
+        };
+        sqlx::query(
+            "INSERT INTO images (id, batch_id, position, name, input_format, input_bytes, status,
+                                 error, enqueued_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(),
+                     CASE WHEN $7 = 'failed' THEN now() END)",
+        )
+        .bind(img.id)
+        .bind(batch)
+        .bind(position as i32)
+        .bind(&img.name)
+        .bind(&img.input_format)
+        .bind(img.input_bytes)
+        .bind(status.as_str())
+        .bind(&img.rejected)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let total = images.len() as i32;
+    let complete = failed == total;
+    let next = if complete {
+        BatchStatus::Archiving
+    } else {
+        BatchStatus::Queued
+    };
+    let updated = sqlx::query(
+        "UPDATE batches SET status = $2, pipeline = $3, total = $4, failed_count = $5,
+                            queued_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'uploading'",
+    )
+    .bind(batch)
+    .bind(next.as_str())
+    .bind(pipeline)
+    .bind(total)
+    .bind(failed)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        // The reconciler gave up on this upload meanwhile; keep nothing of it.
+        tx.rollback().await?;
+        return Err(sqlx::Error::RowNotFound);
+    }
+    tx.commit().await?;
+    Ok(Recorded { pending, complete })
+}
+
+/// Deletes a batch that never finished uploading (the request was refused or broke off).
+pub async fn delete_batch(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM batches WHERE id = $1")
+        .bind(batch)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+const BATCH_COLUMNS: &str =
+    "id, status, pipeline, total, done_count, failed_count, error, archive_bytes,
+                             created_at, finished_at, expires_at";
+
+pub async fn get_batch(db: &Db, batch: BatchId) -> Result<Option<Batch>, sqlx::Error> {
+    sqlx::query_as::<_, Batch>(sqlx::AssertSqlSafe(format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
+    )))
+    .bind(batch)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn list_images(db: &Db, batch: BatchId) -> Result<Vec<Image>, sqlx::Error> {
+    sqlx::query_as::<_, Image>(
+        "SELECT id, position, name, status, error, output_format, processed_by, attempts
+         FROM images WHERE batch_id = $1 ORDER BY position",
+    )
+    .bind(batch)
+    .fetch_all(db)
+    .await
+}
+
+/// What a worker needs to process one image.
+#[derive(Debug, Clone)]
+pub struct ImageWork {
+    pub batch: BatchId,
+    pub image: ImageId,
+    pub pipeline: serde_json::Value,
+    pub attempts: i32,
+}
+
+/// Claims one attempt at a pending image: counts the attempt, moves its batch `queued ->
+/// processing`. `None` when there is nothing to do (already done or failed, or the batch is no
+/// longer being processed).
+pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "UPDATE images i SET attempts = i.attempts + 1
+         FROM batches b
+         WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
+           AND b.status IN ('queued', 'processing')
+         RETURNING i.batch_id, i.attempts, b.pipeline",
+    )
+    .bind(image)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let batch: BatchId = row.try_get("batch_id")?;
+    sqlx::query(
+        "UPDATE batches SET status = 'processing', updated_at = now()
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(batch)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(ImageWork {
+        batch,
+        image,
+        pipeline: row.try_get("pipeline")?,
+        attempts: row.try_get("attempts")?,
+    }))
+}
+
+/// How one image ended.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    Done {
+        output_format: String,
+        output_bytes: i64,
+        width: u32,
+        height: u32,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// Moves an image `pending -> done|failed` (only if it was pending) and bumps its batch's
+/// counters in the same transaction. Returns `Some(batch)` when this transition completed the
+/// batch: the caller then enqueues its archive.
+pub async fn finish_image(
+    db: &Db,
+    image: ImageId,
+    outcome: &ImageOutcome,
+    worker: &str,
+) -> Result<Option<BatchId>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let (status, error, ext, bytes, width, height) = match outcome {
+        ImageOutcome::Done {
+            output_format,
+            output_bytes,
+            width,
+            height,
+        } => (
+            ImageStatus::Done,
+            None,
+            Some(output_format.as_str()),
+            Some(*output_bytes),
+            Some(*width as i32),
+            Some(*height as i32),
+        ),
+        ImageOutcome::Failed { reason } => (
+            ImageStatus::Failed,
+            Some(reason.as_str()),
+            None,
+            None,
+            None,
+            None,
+        ),
+    };
+    let row = sqlx::query(
+        "UPDATE images SET status = $2, error = $3, output_format = $4, output_bytes = $5,
+                           width = $6, height = $7, processed_by = $8, finished_at = now()
+         WHERE id = $1 AND status = 'pending'
+         RETURNING batch_id",
+    )
+    .bind(image)
+    .bind(status.as_str())
+    .bind(error)
+    .bind(ext)
+    .bind(bytes)
+    .bind(width)
+    .bind(height)
+    .bind(worker)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let batch: BatchId = row.try_get("batch_id")?;
+    let (done, failed) = match status {
+        ImageStatus::Done => (1, 0),
+        _ => (0, 1),
+    };
+    let completed: bool = sqlx::query_scalar(
+        "UPDATE batches SET done_count = done_count + $2, failed_count = failed_count + $3,
+                updated_at = now(),
+                status = CASE WHEN done_count + failed_count + 1 = total
+                              AND status IN ('queued', 'processing')
+                         THEN 'archiving' ELSE status END
+         WHERE id = $1
+         RETURNING status = 'archiving' AND done_count + failed_count = total",
+    )
+    .bind(batch)
+    .bind(done)
+    .bind(failed)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(completed.then_some(batch))
+}
+
+/// An image that goes into the archive, or a failure that goes into its report.
+#[derive(Debug, Clone, FromRow)]
+pub struct ArchiveEntry {
+    pub id: ImageId,
+    pub name: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub output_format: Option<String>,
+}
+
+pub async fn archive_entries(db: &Db, batch: BatchId) -> Result<Vec<ArchiveEntry>, sqlx::Error> {
+    sqlx::query_as::<_, ArchiveEntry>(
+        "SELECT id, name, status, error, output_format FROM images
+         WHERE batch_id = $1 ORDER BY position",
+    )
+    .bind(batch)
+    .fetch_all(db)
+    .await
+}
+
+/// `archiving -> done`, starting the result TTL. False when the batch was not archiving.
+pub async fn mark_archived(
+    db: &Db,
+    batch: BatchId,
+    archive_bytes: i64,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE batches SET status = 'done', archive_bytes = $2, finished_at = now(),
+                expires_at = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND status = 'archiving'",
+    )
+    .bind(batch)
+    .bind(archive_bytes)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends a batch as `failed` with a reason (nothing could be produced), starting the TTL so the
+/// purge deletes what it left. Only from an unfinished state.
+pub async fn mark_failed(
+    db: &Db,
+    batch: BatchId,
+    reason: &str,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE batches SET status = 'failed', error = $2, finished_at = now(),
+                expires_at = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND status IN ('uploading', 'queued', 'processing', 'archiving')",
+    )
+    .bind(batch)
+    .bind(reason)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Finished batches whose TTL has run out, oldest first.
+pub async fn expired_batches(db: &Db, limit: i64) -> Result<Vec<BatchId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM batches WHERE status IN ('done', 'failed') AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// `done|failed -> expired`, once the batch's objects are deleted. False if it was not due.
+pub async fn mark_expired(db: &Db, batch: BatchId) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE batches SET status = 'expired', expired_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('done', 'failed') AND expires_at <= now()",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Claims one tick of a cron job for this replica: true for exactly one caller per tick.
+pub async fn claim_tick(
+    db: &Db,
+    job: &str,
+    fire_at: DateTime<Utc>,
+    by: &str,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO cron_ticks (job, fire_at, claimed_by) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING RETURNING 1",
+    )
+    .bind(job)
+    .bind(fire_at)
+    .bind(by)
+    .fetch_optional(db)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// Forgets claimed ticks older than `age` (they only guard against double runs of recent ticks).
+pub async fn forget_ticks(db: &Db, age: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM cron_ticks WHERE fire_at < now() - make_interval(secs => $1)")
+        .bind(age.as_secs_f64())
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Pending images whose job was enqueued longer than `stale` ago (Redis lost it, or it waits
+/// behind a crash): marks them enqueued now and returns them for re-enqueueing.
+pub async fn requeue_stale_images(
+    db: &Db,
+    stale: Duration,
+    limit: i64,
+) -> Result<Vec<(BatchId, ImageId)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "UPDATE images SET enqueued_at = now()
+         WHERE id IN (
+             SELECT i.id FROM images i JOIN batches b ON b.id = i.batch_id
+             WHERE i.status = 'pending' AND b.status IN ('queued', 'processing')
+               AND i.enqueued_at < now() - make_interval(secs => $1)
+             ORDER BY i.enqueued_at LIMIT $2
+             FOR UPDATE OF i SKIP LOCKED)
+         RETURNING batch_id, id",
+    )
+    .bind(stale.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("batch_id")?, r.try_get("id")?)))
+        .collect()
+}
+
+/// Batches that are complete (every image done or failed) but have had no archive for `stale`:
+/// moves them to `archiving` (touching `updated_at`) and returns them for an archive job.
+pub async fn requeue_stale_archives(db: &Db, stale: Duration) -> Result<Vec<BatchId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE batches SET status = 'archiving', updated_at = now()
+         WHERE status IN ('queued', 'processing', 'archiving')
+           AND done_count + failed_count = total
+           AND updated_at < now() - make_interval(secs => $1)
+         RETURNING id",
+    )
+    .bind(stale.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// Uploads that broke off (`uploading` for longer than `stale`): marks them failed and returns
+/// them so their objects can be deleted.
+pub async fn fail_stale_uploads(
+    db: &Db,
+    stale: Duration,
+    ttl: Duration,
+) -> Result<Vec<BatchId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE batches SET status = 'failed', error = 'the upload was interrupted',
+                finished_at = now(), expires_at = now() + make_interval(secs => $2),
+                updated_at = now()
+         WHERE status = 'uploading' AND created_at < now() - make_interval(secs => $1)
+         RETURNING id",
+    )
+    .bind(stale.as_secs_f64())
+    .bind(ttl.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// Cheap liveness check for `/readyz`.
+pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(db).await?;
+    Ok(())
+}
+
+/// Remembers the last transient error of a pending image, for the reason shown if it gives up.
+pub async fn note_image_error(db: &Db, image: ImageId, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE images SET error = $2 WHERE id = $1 AND status = 'pending'")
+        .bind(image)
+        .bind(error)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The last transient error noted for a pending image.
+pub async fn image_error(db: &Db, image: ImageId) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT error FROM images WHERE id = $1")
+        .bind(image)
+        .fetch_optional(db)
+        .await
+        .map(Option::flatten)
+}

@@ -1,0 +1,104 @@
+//! The two cron jobs: the purge (delete every object of batches past their TTL, then mark them
+//! expired) and the reconciler (repair what a crash or a lost Redis left behind). Both are
+//! idempotent; the worker runs each tick on exactly one replica (see `db::claim_tick`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::db::{self, Db};
+use crate::domain::{keys, BatchId, ImageId};
+use crate::queue::Queues;
+use crate::storage::Storage;
+
+/// What one purge run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub batches: usize,
+    pub objects: usize,
+}
+
+/// Deletes the objects of every batch whose TTL has run out and marks it expired. A batch whose
+/// objects could not all be deleted stays as it is and is tried again next time.
+pub async fn purge(db: &Db, storage: &Storage) -> anyhow::Result<PurgeReport> {
+    let mut report = PurgeReport::default();
+    loop {
+        let due = db::expired_batches(db, 100).await?;
+        if due.is_empty() {
+            break;
+        }
+        let mut progressed = false;
+        for batch in &due {
+            match storage.delete_prefix(&keys::batch_prefix(*batch)).await {
+                Ok(n) => {
+                    if db::mark_expired(db, *batch).await? {
+                        report.batches += 1;
+                        report.objects += n;
+                        progressed = true;
+                        tracing::info!(%batch, objects = n, "purged an expired batch");
+                    }
+                }
+                Err(e) => tracing::warn!(%batch, error = %e, "could not purge a batch; will retry"),
+            }
+        }
+        if !progressed || due.len() < 100 {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// What one reconciler run repaired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub images_requeued: usize,
+    pub archives_requeued: usize,
+    pub uploads_failed: usize,
+}
+
+/// Thresholds of the reconciler.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileSettings {
+    /// A pending image enqueued longer ago than this is enqueued again; a complete batch without
+    /// an archive for this long gets an archive job again.
+    pub stale_after: Duration,
+    /// An upload that has not finished after this long is failed and its objects deleted.
+    pub upload_stale_after: Duration,
+    pub result_ttl: Duration,
+}
+
+pub async fn reconcile(
+    db: &Db,
+    storage: &Storage,
+    queues: &Queues,
+    settings: ReconcileSettings,
+) -> anyhow::Result<ReconcileReport> {
+    let mut report = ReconcileReport::default();
+
+    let stale = db::requeue_stale_images(db, settings.stale_after, 5000).await?;
+    let mut by_batch: BTreeMap<BatchId, Vec<ImageId>> = BTreeMap::new();
+    for (batch, image) in stale {
+        by_batch.entry(batch).or_default().push(image);
+    }
+    for (batch, images) in by_batch {
+        queues.enqueue_images(batch, &images).await?;
+        report.images_requeued += images.len();
+        tracing::warn!(%batch, images = images.len(), "re-enqueued stale images");
+    }
+
+    for batch in db::requeue_stale_archives(db, settings.stale_after).await? {
+        queues.enqueue_archive(batch).await?;
+        report.archives_requeued += 1;
+        tracing::warn!(%batch, "re-enqueued the archive of a complete batch");
+    }
+
+    for batch in
+        db::fail_stale_uploads(db, settings.upload_stale_after, settings.result_ttl).await?
+    {
+        if let Err(e) = storage.delete_prefix(&keys::batch_prefix(batch)).await {
+            tracing::warn!(%batch, error = %e, "could not delete a broken upload's objects yet; the purge will");
+        }
+        report.uploads_failed += 1;
+        tracing::warn!(%batch, "failed an upload that never finished");
+    }
+    Ok(report)
+}

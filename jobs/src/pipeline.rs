@@ -1,0 +1,479 @@
+//! The image pipeline of one image: sniff the type from its bytes, check its size before
+//! decoding, decode (JPEG through libjpeg-turbo, the rest through `image`), apply the EXIF
+//! orientation, run the batch's steps, and encode in the image's own format.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
+use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader};
+
+use crate::tasks::Pipeline;
+
+/// Limits and settings of the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted width × height.
+    pub max_pixels: u64,
+    /// Quality of JPEG output (1–100).
+    pub jpeg_quality: u8,
+}
+
+/// The image types we read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    WebP,
+    Gif,
+    Bmp,
+    Tiff,
+}
+
+impl Format {
+    pub const ALL: [Format; 6] = [
+        Self::Jpeg,
+        Self::Png,
+        Self::WebP,
+        Self::Gif,
+        Self::Bmp,
+        Self::Tiff,
+    ];
+
+    /// The type of a file from its first bytes (magic numbers), never from its name.
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        image::guess_format(head)
+            .ok()
+            .and_then(Self::from_image_format)
+    }
+
+    pub fn from_image_format(f: ImageFormat) -> Option<Self> {
+        Some(match f {
+            ImageFormat::Jpeg => Self::Jpeg,
+            ImageFormat::Png => Self::Png,
+            ImageFormat::WebP => Self::WebP,
+            ImageFormat::Gif => Self::Gif,
+            ImageFormat::Bmp => Self::Bmp,
+            ImageFormat::Tiff => Self::Tiff,
+            _ => return None,
+        })
+    }
+
+    pub fn image_format(self) -> ImageFormat {
+        match self {
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::Png => ImageFormat::Png,
+            Self::WebP => ImageFormat::WebP,
+            Self::Gif => ImageFormat::Gif,
+            Self::Bmp => ImageFormat::Bmp,
+            Self::Tiff => ImageFormat::Tiff,
+        }
+    }
+
+    /// Stable lower-case name, stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::WebP => "webp",
+            Self::Gif => "gif",
+            Self::Bmp => "bmp",
+            Self::Tiff => "tiff",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// The file extension results get.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpg",
+            Self::Tiff => "tif",
+            other => other.as_str(),
+        }
+    }
+
+    /// Every extension a file of this type may carry in its name already.
+    pub fn known_exts(self) -> &'static [&'static str] {
+        match self {
+            Self::Jpeg => &["jpg", "jpeg", "jpe", "jfif"],
+            Self::Png => &["png"],
+            Self::WebP => &["webp"],
+            Self::Gif => &["gif"],
+            Self::Bmp => &["bmp"],
+            Self::Tiff => &["tif", "tiff"],
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::WebP => "image/webp",
+            Self::Gif => "image/gif",
+            Self::Bmp => "image/bmp",
+            Self::Tiff => "image/tiff",
+        }
+    }
+}
+
+/// Human list of what we accept, for error messages.
+pub const ACCEPTED: &str = "JPEG, PNG, WebP, GIF, BMP or TIFF";
+
+/// Why one image could not be processed; the text is shown to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("not an image we can read (expected {ACCEPTED})")]
+    Unsupported,
+    #[error("the image is {width} × {height} pixels, more than the limit of {limit} pixels")]
+    TooManyPixels { width: u64, height: u64, limit: u64 },
+    #[error("the image is damaged or truncated: {0}")]
+    Corrupt(String),
+    #[error("{task} failed: {message}")]
+    Task { task: &'static str, message: String },
+    #[error("could not encode the result: {0}")]
+    Encode(String),
+    #[error("processing took longer than the time limit")]
+    TimedOut,
+}
+
+/// A processed image.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub fn process(input: &[u8], pipeline: &Pipeline, limits: &Limits) -> Result<Output, ProcessError> {
+    process_until(input, pipeline, limits, None)
+}
+
+/// Like [`process`], giving up with [`ProcessError::TimedOut`] once `deadline` has passed
+/// (checked after decoding and after every step).
+pub fn process_until(
+    input: &[u8],
+    pipeline: &Pipeline,
+    limits: &Limits,
+    deadline: Option<Instant>,
+) -> Result<Output, ProcessError> {
+    let check = || match deadline {
+        Some(d) if Instant::now() > d => Err(ProcessError::TimedOut),
+        _ => Ok(()),
+    };
+    let format = Format::sniff(input).ok_or(ProcessError::Unsupported)?;
+    let mut image = decode(input, format, limits)?;
+    check()?;
+    for step in &pipeline.0 {
+        image = step
+            .task
+            .apply(image, &step.params)
+            .map_err(|e| ProcessError::Task {
+                task: step.task.name(),
+                message: e.0,
+            })?;
+        check()?;
+    }
+    let bytes = encode(&image, format, limits.jpeg_quality)?;
+    Ok(Output {
+        bytes,
+        format,
+        width: image.width(),
+        height: image.height(),
+    })
+}
+
+fn check_size(width: u64, height: u64, limits: &Limits) -> Result<(), ProcessError> {
+    if width == 0 || height == 0 {
+        return Err(ProcessError::Corrupt("it has no pixels".into()));
+    }
+    if width.saturating_mul(height) > limits.max_pixels {
+        return Err(ProcessError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes with the size checked from the header first, and the EXIF orientation applied.
+pub fn decode(input: &[u8], format: Format, limits: &Limits) -> Result<DynamicImage, ProcessError> {
+    if format == Format::Jpeg {
+        if let Some(img) = decode_jpeg(input, limits)? {
+            return Ok(img);
+        }
+    }
+    decode_generic(input, format, limits)
+}
+
+/// libjpeg-turbo for the usual JPEGs; `None` for colour spaces it cannot convert (CMYK), which
+/// then go through `image`.
+fn decode_jpeg(input: &[u8], limits: &Limits) -> Result<Option<DynamicImage>, ProcessError> {
+    let header = turbojpeg::read_header(input).map_err(|e| ProcessError::Corrupt(e.to_string()))?;
+    check_size(header.width as u64, header.height as u64, limits)?;
+    let img = match header.colorspace {
+        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK => return Ok(None),
+        turbojpeg::Colorspace::Gray => DynamicImage::ImageLuma8(
+            turbojpeg::decompress_image::<image::Luma<u8>>(input)
+                .map_err(|e| ProcessError::Corrupt(e.to_string()))?,
+        ),
+        _ => DynamicImage::ImageRgb8(
+            turbojpeg::decompress_image::<image::Rgb<u8>>(input)
+                .map_err(|e| ProcessError::Corrupt(e.to_string()))?,
+        ),
+    };
+    Ok(Some(apply_exif_orientation(img, input)))
+}
+
+fn apply_exif_orientation(mut img: DynamicImage, input: &[u8]) -> DynamicImage {
+    let orientation = exif::Reader::new()
+        .read_from_container(&mut Cursor::new(input))
+        .ok()
+        .and_then(|e| {
+            e.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+                .and_then(|f| f.value.get_uint(0))
+        })
+        .and_then(|v| u8::try_from(v).ok())
+        .and_then(image::metadata::Orientation::from_exif);
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    img
+}
+
+fn decode_generic(
+    input: &[u8],
+    format: Format,
+    limits: &Limits,
+) -> Result<DynamicImage, ProcessError> {
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => ProcessError::TooManyPixels {
+            width: 0,
+            height: 0,
+            limit: limits.max_pixels,
+        },
+        image::ImageError::Unsupported(u) => {
+            ProcessError::Corrupt(format!("unsupported variant: {u}"))
+        }
+        other => ProcessError::Corrupt(other.to_string()),
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(input), format.image_format());
+    let mut image_limits = image::Limits::default();
+    // Decoders may allocate a few buffers of the image's size; 16 bytes a pixel covers 16-bit RGBA.
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16));
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    check_size(w as u64, h as u64, limits)?;
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(img)
+}
+
+/// Encodes in `format`, converting the pixels to what that format can hold.
+pub fn encode(
+    image: &DynamicImage,
+    format: Format,
+    jpeg_quality: u8,
+) -> Result<Vec<u8>, ProcessError> {
+    let enc = |e: image::ImageError| ProcessError::Encode(e.to_string());
+    match format {
+        Format::Jpeg => {
+            let q = jpeg_quality.clamp(1, 100) as i32;
+            let buf = if image.color().has_color() {
+                turbojpeg::compress_image(&image.to_rgb8(), q, turbojpeg::Subsamp::Sub2x2)
+            } else {
+                turbojpeg::compress_image(&image.to_luma8(), q, turbojpeg::Subsamp::Gray)
+            }
+            .map_err(|e| ProcessError::Encode(e.to_string()))?;
+            Ok(buf.to_vec())
+        }
+        Format::Png => {
+            let img = match image {
+                DynamicImage::ImageLuma8(_)
+                | DynamicImage::ImageLumaA8(_)
+                | DynamicImage::ImageRgb8(_)
+                | DynamicImage::ImageRgba8(_)
+                | DynamicImage::ImageLuma16(_)
+                | DynamicImage::ImageLumaA16(_)
+                | DynamicImage::ImageRgb16(_)
+                | DynamicImage::ImageRgba16(_) => std::borrow::Cow::Borrowed(image),
+                other if other.color().has_alpha() => {
+                    std::borrow::Cow::Owned(DynamicImage::ImageRgba16(other.to_rgba16()))
+                }
+                other => std::borrow::Cow::Owned(DynamicImage::ImageRgb16(other.to_rgb16())),
+            };
+            let mut out = Vec::new();
+            PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
+                .write_image(
+                    img.as_bytes(),
+                    img.width(),
+                    img.height(),
+                    img.color().into(),
+                )
+                .map_err(enc)?;
+            Ok(out)
+        }
+        Format::WebP | Format::Gif | Format::Bmp | Format::Tiff => {
+            let img = if image.color().has_alpha() || format == Format::Gif {
+                DynamicImage::ImageRgba8(image.to_rgba8())
+            } else {
+                DynamicImage::ImageRgb8(image.to_rgb8())
+            };
+            let mut out = Cursor::new(Vec::new());
+            img.write_to(&mut out, format.image_format()).map_err(enc)?;
+            Ok(out.into_inner())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::default_pipeline;
+
+    const LIMITS: Limits = Limits {
+        max_pixels: 1_000_000,
+        jpeg_quality: 90,
+    };
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        });
+        encode(&DynamicImage::ImageRgb8(img), Format::Jpeg, 90).expect("encodes")
+    }
+
+    #[test]
+    fn the_type_comes_from_the_content_not_the_name() {
+        assert_eq!(Format::sniff(&jpeg(8, 8)), Some(Format::Jpeg));
+        assert_eq!(Format::sniff(b"\x89PNG\r\n\x1a\nrest"), Some(Format::Png));
+        assert_eq!(Format::sniff(b"hello, I am text"), None);
+        assert_eq!(Format::sniff(b""), None);
+    }
+
+    #[test]
+    fn jpeg_stays_jpeg_and_keeps_its_size() {
+        let out = process(&jpeg(300, 200), &default_pipeline(), &LIMITS).expect("processes");
+        assert_eq!(out.format, Format::Jpeg);
+        assert_eq!((out.width, out.height), (300, 200));
+        assert_eq!(
+            image::guess_format(&out.bytes).ok(),
+            Some(ImageFormat::Jpeg)
+        );
+    }
+
+    #[test]
+    fn too_many_pixels_is_refused_before_decoding() {
+        let err =
+            process(&jpeg(1100, 1000), &default_pipeline(), &LIMITS).expect_err("over the limit");
+        assert!(
+            matches!(
+                err,
+                ProcessError::TooManyPixels {
+                    width: 1100,
+                    height: 1000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than the limit"));
+    }
+
+    #[test]
+    fn a_png_header_declaring_a_huge_image_is_refused() {
+        // A valid PNG of 50,000 × 50,000 pixels whose data is one tiny zlib block.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        let crc = crc32(&ihdr);
+        png.extend(13u32.to_be_bytes());
+        png.extend(&ihdr);
+        png.extend(crc.to_be_bytes());
+        let mut idat = b"IDAT".to_vec();
+        idat.extend([
+            0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x00, 0x00, 0x01, 0x00, 0x01,
+        ]);
+        png.extend(((idat.len() - 4) as u32).to_be_bytes());
+        png.extend(&idat);
+        png.extend(crc32(&idat).to_be_bytes());
+        png.extend([0, 0, 0, 0]);
+        png.extend(b"IEND");
+        png.extend(crc32(b"IEND").to_be_bytes());
+        let err = process(&png, &default_pipeline(), &LIMITS).expect_err("a bomb");
+        assert!(
+            matches!(err, ProcessError::TooManyPixels { width: 50_000, .. }),
+            "{err}"
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn truncated_and_random_files_fail_with_a_reason() {
+        let full = jpeg(200, 200);
+        let truncated = &full[..full.len() / 2];
+        let err = process(truncated, &default_pipeline(), &LIMITS).expect_err("truncated");
+        assert!(matches!(err, ProcessError::Corrupt(_)), "{err}");
+        let err = process(
+            b"random bytes that are not an image",
+            &default_pipeline(),
+            &LIMITS,
+        )
+        .expect_err("random");
+        assert!(matches!(err, ProcessError::Unsupported));
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 40 × 20 JPEG tagged "rotate 90° clockwise" (orientation 6) becomes 20 × 40.
+        let plain = jpeg(40, 20);
+        let tiff: Vec<u8> = [
+            &b"Exif\0\0MM\0\x2a\0\0\0\x08"[..],
+            &[0, 1],                                     // one entry
+            &[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0], // Orientation, SHORT, 1, value 6
+            &[0, 0, 0, 0],                               // no next IFD
+        ]
+        .concat();
+        let mut tagged = plain[..2].to_vec(); // SOI
+        tagged.extend([0xff, 0xe1]);
+        tagged.extend(((tiff.len() + 2) as u16).to_be_bytes());
+        tagged.extend(&tiff);
+        tagged.extend(&plain[2..]);
+        let img = decode(&tagged, Format::Jpeg, &LIMITS).expect("decodes");
+        assert_eq!((img.width(), img.height()), (20, 40));
+    }
+
+    #[test]
+    fn png_keeps_transparency() {
+        let img = image::RgbaImage::from_pixel(10, 10, image::Rgba([0, 0, 0, 0]));
+        let png = encode(&DynamicImage::ImageRgba8(img), Format::Png, 90).expect("encodes");
+        let out = process(&png, &default_pipeline(), &LIMITS).expect("processes");
+        assert_eq!(out.format, Format::Png);
+        let back = image::load_from_memory(&out.bytes).expect("decodes");
+        assert!(back.color().has_alpha());
+    }
+}

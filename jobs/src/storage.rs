@@ -1,0 +1,477 @@
+//! Object storage over plain S3 (MinIO in production, Garage locally and in CI): originals,
+//! results and archives. Keys come from generated ids only (see `domain::keys`). Deleting what is
+//! already gone is success.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use secrecy::ExposeSecret;
+
+use crate::Settings;
+
+/// Size of one multipart part: the most an upload buffers in memory per file.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The object (or bucket) does not exist.
+    NotFound,
+    /// The server could not be reached or answered with a transient failure: try again later.
+    Transient,
+    /// Anything else (permissions, bad request): trying again will not help.
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("storage {op} failed: {message}")]
+pub struct StorageError {
+    pub kind: StorageErrorKind,
+    pub op: &'static str,
+    pub message: String,
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StorageErrorKind::NotFound
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StorageErrorKind::Transient
+    }
+
+    fn other(op: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind: StorageErrorKind::Other,
+            op,
+            message: message.into(),
+        }
+    }
+}
+
+fn classify<E, R>(op: &'static str, err: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let kind = match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            match code {
+                "NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload" => {
+                    StorageErrorKind::NotFound
+                }
+                "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
+                    StorageErrorKind::Transient
+                }
+                _ if format!("{:?}", service.raw()).contains("status: 404") => {
+                    StorageErrorKind::NotFound
+                }
+                _ if format!("{:?}", service.raw()).contains("status: 5") => {
+                    StorageErrorKind::Transient
+                }
+                _ => StorageErrorKind::Other,
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            StorageErrorKind::Transient
+        }
+        _ => StorageErrorKind::Other,
+    };
+    StorageError {
+        kind,
+        op,
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}
+
+/// The bucket this deployment uses.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+    bucket: String,
+}
+
+impl Storage {
+    pub fn new(settings: &Settings) -> Self {
+        let creds = Credentials::new(
+            settings.s3_access_key_id.clone(),
+            settings.s3_secret_access_key.expose_secret().to_owned(),
+            None,
+            None,
+            "settings",
+        );
+        let mut conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.s3_region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(settings.s3_force_path_style)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3));
+        if let Some(endpoint) = settings.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            conf = conf.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(conf.build()),
+            bucket: settings.s3_bucket.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Answers when the bucket is reachable (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| classify("head bucket", e))?;
+        Ok(())
+    }
+
+    /// Creates the bucket when it does not exist yet.
+    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
+        match self.ping().await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                self.client
+                    .create_bucket()
+                    .bucket(&self.bucket)
+                    .send()
+                    .await
+                    .map_err(|e| classify("create bucket", e))?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify("put", e))?;
+        Ok(())
+    }
+
+    /// Starts a streamed upload: parts of `PART_SIZE` go up as they fill.
+    pub fn upload(&self, key: String, content_type: &'static str) -> Upload {
+        Upload {
+            storage: self.clone(),
+            key,
+            content_type,
+            buffer: BytesMut::new(),
+            multipart: None,
+            written: 0,
+        }
+    }
+
+    /// Uploads a local file, in parts when it is large.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        content_type: &'static str,
+    ) -> Result<u64, StorageError> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StorageError::other("put file", e.to_string()))?
+            .len();
+        if len <= PART_SIZE as u64 {
+            let body = tokio::fs::read(path)
+                .await
+                .map_err(|e| StorageError::other("put file", e.to_string()))?;
+            self.put(key, Bytes::from(body), content_type).await?;
+            return Ok(len);
+        }
+        let upload_id = self.create_multipart(key, content_type).await?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut offset = 0u64;
+            let mut number = 1;
+            while offset < len {
+                let size = (len - offset).min(PART_SIZE as u64);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(size))
+                    .build()
+                    .await
+                    .map_err(|e| StorageError::other("put file", e.to_string()))?;
+                parts.push(self.upload_part(key, &upload_id, number, body).await?);
+                offset += size;
+                number += 1;
+            }
+            self.complete_multipart(key, &upload_id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            self.abort_multipart(key, &upload_id).await;
+        }
+        result.map(|()| len)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("get", e))?;
+        let data = out.body.collect().await.map_err(|e| StorageError {
+            kind: StorageErrorKind::Transient,
+            op: "get",
+            message: e.to_string(),
+        })?;
+        Ok(data.into_bytes())
+    }
+
+    /// Streams an object: its body and its length.
+    pub async fn get_stream(&self, key: &str) -> Result<(ByteStream, Option<i64>), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("get", e))?;
+        Ok((out.body, out.content_length))
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("list", e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Deletes every object under `prefix`; returns how many there were. Nothing there is success.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(prefix).await?;
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::other("delete", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::other("delete", e.to_string()))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| classify("delete", e))?;
+            if let Some(err) = out.errors().first() {
+                return Err(StorageError {
+                    kind: StorageErrorKind::Transient,
+                    op: "delete",
+                    message: format!("{:?}: {:?}", err.key(), err.message()),
+                });
+            }
+        }
+        Ok(keys.len())
+    }
+
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify("create multipart upload", e))?;
+        out.upload_id.ok_or_else(|| {
+            StorageError::other("create multipart upload", "no upload id in the answer")
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: ByteStream,
+    ) -> Result<CompletedPart, StorageError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify("upload part", e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag)
+            .build())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<(), StorageError> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("complete multipart upload", e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort a multipart upload");
+        }
+    }
+}
+
+/// A streamed upload of one object: at most one part is held in memory.
+pub struct Upload {
+    storage: Storage,
+    key: String,
+    content_type: &'static str,
+    buffer: BytesMut,
+    multipart: Option<(String, Vec<CompletedPart>)>,
+    written: u64,
+}
+
+impl Upload {
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The first bytes received (for sniffing the type), while still in the buffer.
+    pub fn head(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    pub async fn push(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.buffer.extend_from_slice(chunk);
+        self.written += chunk.len() as u64;
+        if self.buffer.len() >= PART_SIZE {
+            self.flush_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_part(&mut self) -> Result<(), StorageError> {
+        if self.multipart.is_none() {
+            let id = self
+                .storage
+                .create_multipart(&self.key, self.content_type)
+                .await?;
+            self.multipart = Some((id, Vec::new()));
+        }
+        let body = self.buffer.split().freeze();
+        let (id, parts) = self.multipart.as_mut().expect("multipart started above");
+        let number = parts.len() as i32 + 1;
+        let part = self
+            .storage
+            .upload_part(&self.key, id, number, ByteStream::from(body))
+            .await?;
+        parts.push(part);
+        Ok(())
+    }
+
+    /// Writes what is left and completes the object.
+    pub async fn finish(mut self) -> Result<u64, StorageError> {
+        match self.multipart.is_some() {
+            false => {
+                let body = self.buffer.split().freeze();
+                self.storage.put(&self.key, body, self.content_type).await?;
+            }
+            true => {
+                if !self.buffer.is_empty() {
+                    self.flush_part().await?;
+                }
+                let (id, parts) = self.multipart.take().expect("multipart is some");
+                if let Err(e) = self.storage.complete_multipart(&self.key, &id, parts).await {
+                    self.storage.abort_multipart(&self.key, &id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.written)
+    }
+
+    /// Gives up: nothing of this object is left behind.
+    pub async fn abort(mut self) {
+        if let Some((id, _)) = self.multipart.take() {
+            self.storage.abort_multipart(&self.key, &id).await;
+        }
+    }
+}

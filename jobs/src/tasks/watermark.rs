@@ -1,0 +1,470 @@
+//! The built-in watermark: the bundled logo (or a line of text) at one of nine anchors, or tiled
+//! and rotated over the whole image, at a chosen opacity and size relative to the image width.
+//! With its defaults it does what the system we replace did: the logo rotated 30°, at 50 %
+//! opacity, 40 % of the image width, tiled over the whole image.
+
+use std::sync::OnceLock;
+
+use ab_glyph::{FontRef, PxScale};
+use image::imageops::FilterType;
+use image::{DynamicImage, GrayImage, Luma, Rgba, RgbaImage};
+use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
+
+use super::{parse_color, ImageTask, ParamKind, ParamSpec, Params, TaskError};
+
+const LOGO_PNG: &[u8] = include_bytes!("../../assets/logo.png");
+const FONT_TTF: &[u8] = include_bytes!("../../assets/DejaVuSans-Bold.ttf");
+
+pub const POSITIONS: &[&str] = &[
+    "tiled",
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+];
+
+static PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "text",
+        label: "Text",
+        help: "Text to draw instead of the logo; leave empty for the logo.",
+        kind: ParamKind::Text { max_len: 100, default: "" },
+    },
+    ParamSpec {
+        name: "color",
+        label: "Text colour",
+        help: "Colour of the text (the logo keeps its own colours).",
+        kind: ParamKind::Color { default: "#ffffff" },
+    },
+    ParamSpec {
+        name: "position",
+        label: "Position",
+        help: "One of nine anchors, or tiled over the whole image.",
+        kind: ParamKind::Choice {
+            options: POSITIONS,
+            default: "tiled",
+        },
+    },
+    ParamSpec {
+        name: "opacity",
+        label: "Opacity",
+        help: "0 is invisible, 1 is fully opaque.",
+        kind: ParamKind::Float {
+            min: 0.0,
+            max: 1.0,
+            default: 0.5,
+            step: 0.05,
+        },
+    },
+    ParamSpec {
+        name: "scale",
+        label: "Size",
+        help: "Width of the mark as a fraction of the image width.",
+        kind: ParamKind::Float {
+            min: 0.02,
+            max: 1.0,
+            default: 0.4,
+            step: 0.01,
+        },
+    },
+    ParamSpec {
+        name: "rotation",
+        label: "Rotation (tiled)",
+        help: "Degrees, counter-clockwise; applies when tiled.",
+        kind: ParamKind::Float {
+            min: -180.0,
+            max: 180.0,
+            default: 30.0,
+            step: 1.0,
+        },
+    },
+    ParamSpec {
+        name: "margin",
+        label: "Margin",
+        help: "Space to the edges (anchors) or between tiles, as a fraction of the image's shorter side.",
+        kind: ParamKind::Float {
+            min: 0.0,
+            max: 0.45,
+            default: 0.03,
+            step: 0.01,
+        },
+    },
+];
+
+pub struct Watermark;
+
+impl ImageTask for Watermark {
+    fn name(&self) -> &'static str {
+        "watermark"
+    }
+
+    fn label(&self) -> &'static str {
+        "Watermark"
+    }
+
+    fn description(&self) -> &'static str {
+        "Puts the logo, or your text, on the image: at an anchor or tiled over it."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError> {
+        let (w, h) = (image.width(), image.height());
+        let settings = Settings::from_params(params);
+        let mark = settings.mark(w, h)?;
+        Ok(paint(image, |buf, width, height, channels| {
+            settings.place(&mark, width, height, |x, y| {
+                blend(buf, width, height, channels, &mark, x, y)
+            })
+        }))
+    }
+}
+
+struct Settings<'a> {
+    text: &'a str,
+    color: [u8; 3],
+    position: &'a str,
+    opacity: f64,
+    scale: f64,
+    rotation: f64,
+    margin: f64,
+}
+
+impl<'a> Settings<'a> {
+    fn from_params(p: &'a Params) -> Self {
+        Self {
+            text: p.text("text").trim(),
+            color: parse_color(p.text("color")).unwrap_or([255, 255, 255]),
+            position: p.text("position"),
+            opacity: p.float("opacity"),
+            scale: p.float("scale"),
+            rotation: p.float("rotation"),
+            margin: p.float("margin"),
+        }
+    }
+
+    /// The mark to paint, already sized, faded and (when tiled) rotated.
+    fn mark(&self, w: u32, h: u32) -> Result<RgbaImage, TaskError> {
+        let target_w = ((w as f64 * self.scale).round() as u32).clamp(1, w.max(1));
+        let mut mark = if self.text.is_empty() {
+            let logo = logo();
+            let target_h = ((logo.height() as f64 * target_w as f64 / logo.width() as f64).round()
+                as u32)
+                .max(1);
+            image::imageops::resize(logo, target_w, target_h, FilterType::Triangle)
+        } else {
+            render_text(self.text, self.color, target_w)?
+        };
+        let _ = h;
+        let opacity = self.opacity.clamp(0.0, 1.0);
+        for px in mark.pixels_mut() {
+            px.0[3] = (px.0[3] as f64 * opacity).round() as u8;
+        }
+        if self.position == "tiled" && self.rotation.abs() > f64::EPSILON {
+            mark = rotate_expanded(&mark, self.rotation);
+        }
+        Ok(mark)
+    }
+
+    /// Calls `paint(x, y)` with the top-left corner of every copy of the mark.
+    fn place(&self, mark: &RgbaImage, w: u32, h: u32, mut paint: impl FnMut(i64, i64)) {
+        let (w, h) = (w as i64, h as i64);
+        let (mw, mh) = (mark.width() as i64, mark.height() as i64);
+        let margin = (self.margin * w.min(h) as f64).round() as i64;
+        if self.position == "tiled" {
+            let step_x = (mw + margin).max(1);
+            let step_y = (mh + margin).max(1);
+            let mut row = 0i64;
+            let mut y = -(mh / 2);
+            while y < h {
+                let shift = if row % 2 == 1 { step_x / 2 } else { 0 };
+                let mut x = -(mw / 2) - shift;
+                while x < w {
+                    paint(x, y);
+                    x += step_x;
+                }
+                y += step_y;
+                row += 1;
+            }
+            return;
+        }
+        let (col, row) = anchor(self.position);
+        let x = match col {
+            0 => margin,
+            1 => (w - mw) / 2,
+            _ => w - mw - margin,
+        };
+        let y = match row {
+            0 => margin,
+            1 => (h - mh) / 2,
+            _ => h - mh - margin,
+        };
+        paint(x, y);
+    }
+}
+
+/// Column and row (0, 1, 2) of an anchor name.
+fn anchor(position: &str) -> (u8, u8) {
+    match position {
+        "top-left" => (0, 0),
+        "top" => (1, 0),
+        "top-right" => (2, 0),
+        "left" => (0, 1),
+        "right" => (2, 1),
+        "bottom-left" => (0, 2),
+        "bottom" => (1, 2),
+        "bottom-right" => (2, 2),
+        _ => (1, 1),
+    }
+}
+
+fn logo() -> &'static RgbaImage {
+    static LOGO: OnceLock<RgbaImage> = OnceLock::new();
+    LOGO.get_or_init(|| {
+        image::load_from_memory_with_format(LOGO_PNG, image::ImageFormat::Png)
+            .expect("the bundled logo is a valid PNG")
+            .to_rgba8()
+    })
+}
+
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| FontRef::try_from_slice(FONT_TTF).expect("the bundled font is valid"))
+}
+
+/// Renders `text` about `target_w` pixels wide, in `color`, with a soft dark outline so that it
+/// reads on light and dark images alike.
+fn render_text(text: &str, color: [u8; 3], target_w: u32) -> Result<RgbaImage, TaskError> {
+    let font = font();
+    let probe = 100.0;
+    let (probe_w, _) = imageproc::drawing::text_size(PxScale::from(probe), font, text);
+    if probe_w == 0 {
+        return Err(TaskError(
+            "the watermark text has no visible characters".into(),
+        ));
+    }
+    let size = (probe * target_w as f32 / probe_w as f32).clamp(4.0, 2000.0);
+    let scale = PxScale::from(size);
+    let (tw, th) = imageproc::drawing::text_size(scale, font, text);
+    let pad = (size / 10.0).ceil() as u32 + 2;
+    let (cw, ch) = (tw + 2 * pad, th + 2 * pad);
+    let mut coverage = GrayImage::new(cw, ch);
+    imageproc::drawing::draw_text_mut(
+        &mut coverage,
+        Luma([255]),
+        pad as i32,
+        pad as i32,
+        scale,
+        font,
+        text,
+    );
+    let outline = ((size / 24.0).round() as i64).max(1);
+    let mut out = RgbaImage::new(cw, ch);
+    for (x, y, px) in out.enumerate_pixels_mut() {
+        // Outline: the most coverage within `outline` pixels.
+        let mut around = 0u8;
+        for dy in -outline..=outline {
+            for dx in -outline..=outline {
+                let (sx, sy) = (x as i64 + dx, y as i64 + dy);
+                if sx >= 0 && sy >= 0 && (sx as u32) < cw && (sy as u32) < ch {
+                    around = around.max(coverage.get_pixel(sx as u32, sy as u32).0[0]);
+                }
+            }
+        }
+        let c = coverage.get_pixel(x, y).0[0] as u32;
+        let shadow = around as u32 * 160 / 255;
+        let alpha = c + shadow * (255 - c) / 255;
+        let mix = |fg: u8| -> u8 {
+            if alpha == 0 {
+                0
+            } else {
+                ((fg as u32 * c + 20 * shadow * (255 - c) / 255) / alpha.max(1)).min(255) as u8
+            }
+        };
+        *px = Rgba([mix(color[0]), mix(color[1]), mix(color[2]), alpha as u8]);
+    }
+    Ok(out)
+}
+
+/// Rotates counter-clockwise by `degrees` on a canvas large enough to keep every corner.
+fn rotate_expanded(mark: &RgbaImage, degrees: f64) -> RgbaImage {
+    let (w, h) = (mark.width() as f64, mark.height() as f64);
+    let rad = degrees.to_radians();
+    let (s, c) = (rad.sin().abs(), rad.cos().abs());
+    let out_w = (w * c + h * s).ceil() as u32 + 2;
+    let out_h = (w * s + h * c).ceil() as u32 + 2;
+    let side_w = out_w.max(mark.width());
+    let side_h = out_h.max(mark.height());
+    let mut canvas = RgbaImage::new(side_w, side_h);
+    image::imageops::overlay(
+        &mut canvas,
+        mark,
+        ((side_w - mark.width()) / 2) as i64,
+        ((side_h - mark.height()) / 2) as i64,
+    );
+    rotate_about_center(
+        &canvas,
+        -rad as f32,
+        Interpolation::Bilinear,
+        Border::Constant(Rgba([0, 0, 0, 0])),
+    )
+}
+
+/// Runs `f` on the image's pixels as 8-bit RGB or RGBA, keeping the image's own kind where it
+/// can (RGB stays RGB, grey stays grey, alpha stays alpha).
+fn paint(image: DynamicImage, f: impl FnOnce(&mut [u8], u32, u32, usize)) -> DynamicImage {
+    let (w, h) = (image.width(), image.height());
+    match image {
+        DynamicImage::ImageRgb8(mut img) => {
+            f(&mut img, w, h, 3);
+            DynamicImage::ImageRgb8(img)
+        }
+        DynamicImage::ImageRgba8(mut img) => {
+            f(&mut img, w, h, 4);
+            DynamicImage::ImageRgba8(img)
+        }
+        other => {
+            let has_alpha = other.color().has_alpha();
+            let grey = !other.color().has_color();
+            let mut rgba = other.to_rgba8();
+            f(&mut rgba, w, h, 4);
+            let out = DynamicImage::ImageRgba8(rgba);
+            match (grey, has_alpha) {
+                (true, false) => DynamicImage::ImageLuma8(out.to_luma8()),
+                (true, true) => DynamicImage::ImageLumaA8(out.to_luma_alpha8()),
+                (false, false) => DynamicImage::ImageRgb8(out.to_rgb8()),
+                (false, true) => out,
+            }
+        }
+    }
+}
+
+/// Source-over blend of `mark` onto an interleaved 8-bit buffer at (x0, y0), clipped.
+fn blend(buf: &mut [u8], w: u32, h: u32, channels: usize, mark: &RgbaImage, x0: i64, y0: i64) {
+    let (w, h) = (w as i64, h as i64);
+    let (mw, mh) = (mark.width() as i64, mark.height() as i64);
+    let (xs, xe) = (x0.max(0), (x0 + mw).min(w));
+    let (ys, ye) = (y0.max(0), (y0 + mh).min(h));
+    if xs >= xe || ys >= ye {
+        return;
+    }
+    let src = mark.as_raw();
+    for y in ys..ye {
+        let src_row = ((y - y0) * mw) as usize * 4;
+        let dst_row = (y * w) as usize * channels;
+        for x in xs..xe {
+            let s = src_row + (x - x0) as usize * 4;
+            let a = src[s + 3] as u32;
+            if a == 0 {
+                continue;
+            }
+            let d = dst_row + x as usize * channels;
+            let inv = 255 - a;
+            for c in 0..3 {
+                buf[d + c] = ((src[s + c] as u32 * a + buf[d + c] as u32 * inv + 127) / 255) as u8;
+            }
+            if channels == 4 {
+                buf[d + 3] = (a + (buf[d + 3] as u32 * inv + 127) / 255).min(255) as u8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::Pipeline;
+    use serde_json::json;
+
+    fn run(params: serde_json::Value, img: DynamicImage) -> DynamicImage {
+        let mut step = params;
+        step["task"] = json!("watermark");
+        let p = Pipeline::parse(&json!([step])).expect("valid");
+        p.0[0].task.apply(img, &p.0[0].params).expect("applies")
+    }
+
+    fn grey(w: u32, h: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            w,
+            h,
+            image::Rgb([100, 100, 100]),
+        ))
+    }
+
+    #[test]
+    fn the_default_tiles_the_logo_over_the_whole_image() {
+        let out = run(json!({}), grey(400, 300)).to_rgb8();
+        // Every quarter of the image is touched by some tile.
+        for (qx, qy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            let changed = (0..150)
+                .flat_map(|y| (0..200).map(move |x| (x, y)))
+                .filter(|&(x, y)| out.get_pixel(qx * 200 + x, qy * 150 + y).0 != [100, 100, 100])
+                .count();
+            assert!(
+                changed > 500,
+                "quarter ({qx},{qy}) has only {changed} changed pixels"
+            );
+        }
+    }
+
+    #[test]
+    fn an_anchored_mark_stays_in_its_corner() {
+        let out = run(
+            json!({"position": "bottom-right", "opacity": 1.0, "scale": 0.25, "margin": 0.05}),
+            grey(400, 300),
+        )
+        .to_rgb8();
+        let margin = 15; // 0.05 × 300
+        let mark_w = 100; // 0.25 × 400
+        for (x, y, px) in out.enumerate_pixels() {
+            let inside = x >= 400 - margin - mark_w
+                && y >= 300 - margin - mark_w
+                && x < 400 - margin
+                && y < 300 - margin;
+            if !inside {
+                assert_eq!(
+                    px.0,
+                    [100, 100, 100],
+                    "pixel ({x},{y}) outside the mark changed"
+                );
+            }
+        }
+        let changed = out.pixels().filter(|p| p.0 != [100, 100, 100]).count();
+        assert!(changed > 1000, "the mark painted only {changed} pixels");
+    }
+
+    #[test]
+    fn zero_opacity_changes_nothing() {
+        let out = run(json!({"opacity": 0.0}), grey(120, 80));
+        assert_eq!(out.to_rgb8(), grey(120, 80).to_rgb8());
+    }
+
+    #[test]
+    fn text_is_drawn_in_its_colour() {
+        let out = run(
+            json!({"text": "Hello", "position": "center", "opacity": 1.0, "color": "#ff0000", "scale": 0.8}),
+            grey(300, 120),
+        )
+        .to_rgb8();
+        let red = out
+            .pixels()
+            .filter(|p| p.0[0] > 200 && p.0[1] < 60 && p.0[2] < 60)
+            .count();
+        assert!(red > 300, "only {red} red pixels");
+    }
+
+    #[test]
+    fn grey_and_alpha_images_keep_their_kind() {
+        let luma = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(50, 40, Luma([9])));
+        assert_eq!(run(json!({}), luma).color(), image::ColorType::L8);
+        let rgba = DynamicImage::ImageRgba8(RgbaImage::from_pixel(50, 40, Rgba([1, 2, 3, 0])));
+        assert_eq!(run(json!({}), rgba).color(), image::ColorType::Rgba8);
+    }
+}

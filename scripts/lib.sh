@@ -1,0 +1,195 @@
+# Shared by scripts/run and scripts/test: installs what is missing (system packages, the Garage S3
+# server) and starts Postgres, Redis and Garage on loopback ports under one state folder, reusing
+# whatever is already installed or running. Writes the connection settings to $STATE/env.
+#
+# Overrides: WM_STATE_DIR (default: .local in the repository), WM_PG_PORT (55432),
+# WM_REDIS_PORT (56379), WM_S3_PORT (53900; Garage also uses the next ports up to +3).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${WM_STATE_DIR:-$ROOT/.local}"
+PG_PORT="${WM_PG_PORT:-55432}"
+REDIS_PORT="${WM_REDIS_PORT:-56379}"
+S3_PORT="${WM_S3_PORT:-53900}"
+GARAGE_VERSION="2.5.0"
+BUCKET="watermark"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+APT_UPDATED=""
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "please install these packages yourself: $*"
+  say "installing $*"
+  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+garage_bin() {
+  if command -v garage >/dev/null 2>&1; then command -v garage
+  elif [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then echo "${CARGO_HOME:-$HOME/.cargo}/bin/garage"
+  fi
+}
+
+# Installs system packages and tools that are missing; reuses what is there.
+ensure_tools() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust (https://rustup.rs) first"
+  local missing=()
+  [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/pg_ctl" ] || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)       # libjpeg-turbo's build
+  command -v nasm >/dev/null 2>&1 || missing+=(nasm)         # libjpeg-turbo's SIMD code
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  if [ -z "$(garage_bin)" ]; then
+    say "building the Garage S3 server $GARAGE_VERSION from crates.io (once; 15-25 minutes on 2 cores)"
+    cargo install --locked garage --version "$GARAGE_VERSION"
+  fi
+}
+
+hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# Secrets of this state folder, made once.
+ensure_secrets() {
+  mkdir -p "$STATE"
+  if [ ! -f "$STATE/secrets" ]; then
+    umask 077
+    {
+      echo "PG_PASSWORD=$(hex 16)"
+      echo "REDIS_PASSWORD=$(hex 16)"
+      echo "GARAGE_RPC_SECRET=$(hex 32)"
+      echo "S3_KEY_ID=GK$(hex 12)"
+      echo "S3_SECRET=$(hex 32)"
+    } > "$STATE/secrets"
+    umask 022
+  fi
+  # shellcheck disable=SC1091
+  . "$STATE/secrets"
+}
+
+start_postgres() {
+  local bin data run user
+  bin="$(pg_bin)"; data="$STATE/pg"; run="$STATE/pg-run"
+  user="$(id -un)"
+  [ "$(id -u)" = 0 ] && user=postgres
+  pgrun() { if [ "$user" = "$(id -un)" ]; then "$@"; else runuser -u "$user" -- "$@"; fi; }
+  if PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'select 1' >/dev/null 2>&1; then
+    return 0
+  fi
+  mkdir -p "$run"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "creating a Postgres cluster in $data"
+    mkdir -p "$data"
+    printf '%s\n' "$PG_PASSWORD" > "$STATE/pg-pw"
+    [ "$user" = "$(id -un)" ] || chown -R "$user" "$data" "$run" "$STATE/pg-pw"
+    pgrun "$bin/initdb" -D "$data" -U watermark --pwfile="$STATE/pg-pw" --auth=scram-sha-256 -E UTF8 >/dev/null
+    rm -f "$STATE/pg-pw"
+  fi
+  [ "$user" = "$(id -un)" ] || chown -R "$user" "$run"
+  say "starting Postgres on 127.0.0.1:$PG_PORT"
+  pgrun "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -w -t 60 \
+    -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off" start >/dev/null \
+    || die "Postgres did not start; see $run/postgres.log"
+  PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d postgres -Atc \
+    "select 1 from pg_database where datname='watermark'" | grep -q 1 \
+    || PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d postgres -qc 'create database watermark' >/dev/null
+}
+
+start_redis() {
+  if redis-cli -p "$REDIS_PORT" --no-auth-warning -a "$REDIS_PASSWORD" ping 2>/dev/null | grep -q PONG; then
+    return 0
+  fi
+  say "starting Redis on 127.0.0.1:$REDIS_PORT"
+  mkdir -p "$STATE/redis"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --dir "$STATE/redis" \
+    --save "" --appendonly no --requirepass "$REDIS_PASSWORD" \
+    --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" >/dev/null
+  for _ in $(seq 50); do
+    redis-cli -p "$REDIS_PORT" --no-auth-warning -a "$REDIS_PASSWORD" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  die "Redis did not start; see $STATE/redis.log"
+}
+
+start_garage() {
+  local garage conf node
+  garage="$(garage_bin)"; conf="$STATE/garage.toml"
+  mkdir -p "$STATE/garage/meta" "$STATE/garage/data"
+  cat > "$conf" <<TOML
+metadata_dir = "$STATE/garage/meta"
+data_dir = "$STATE/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((S3_PORT + 1))"
+rpc_public_addr = "127.0.0.1:$((S3_PORT + 1))"
+rpc_secret = "$GARAGE_RPC_SECRET"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$S3_PORT"
+root_domain = ".s3.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$((S3_PORT + 3))"
+TOML
+  chmod 600 "$conf"
+  if ! "$garage" -c "$conf" status >/dev/null 2>&1; then
+    say "starting Garage (S3) on 127.0.0.1:$S3_PORT"
+    nohup "$garage" -c "$conf" server > "$STATE/garage.log" 2>&1 &
+    echo $! > "$STATE/garage.pid"
+    for _ in $(seq 100); do
+      "$garage" -c "$conf" status >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  fi
+  "$garage" -c "$conf" status >/dev/null 2>&1 || die "Garage did not start; see $STATE/garage.log"
+  if "$garage" -c "$conf" status 2>/dev/null | grep -q 'NO ROLE ASSIGNED'; then
+    node="$("$garage" -c "$conf" status 2>/dev/null | awk '/127.0.0.1:'"$((S3_PORT + 1))"'/ {print $1; exit}')"
+    "$garage" -c "$conf" layout assign -z dc1 -c 1G "$node" >/dev/null
+    "$garage" -c "$conf" layout apply --version 1 >/dev/null
+  fi
+  "$garage" -c "$conf" key info watermark >/dev/null 2>&1 \
+    || "$garage" -c "$conf" key import --yes "$S3_KEY_ID" "$S3_SECRET" -n watermark >/dev/null
+  "$garage" -c "$conf" bucket info "$BUCKET" >/dev/null 2>&1 \
+    || "$garage" -c "$conf" bucket create "$BUCKET" >/dev/null
+  "$garage" -c "$conf" bucket allow --read --write --owner "$BUCKET" --key watermark >/dev/null
+  # The S3 API answers once the layout is live.
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && return 0
+    sleep 0.2
+  done
+  die "Garage's S3 API does not answer; see $STATE/garage.log"
+}
+
+# Installs what is missing, starts what is not running, and writes $STATE/env.
+ensure_services() {
+  ensure_tools
+  ensure_secrets
+  start_postgres
+  start_redis
+  start_garage
+  umask 077
+  cat > "$STATE/env" <<ENV
+DATABASE_URL=postgres://watermark:$PG_PASSWORD@127.0.0.1:$PG_PORT/watermark
+REDIS_URL=redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/
+S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+S3_REGION=us-east-1
+S3_BUCKET=$BUCKET
+S3_ACCESS_KEY_ID=$S3_KEY_ID
+S3_SECRET_ACCESS_KEY=$S3_SECRET
+WM_REDIS_PORT=$REDIS_PORT
+WM_PG_PORT=$PG_PORT
+WM_STATE_DIR=$STATE
+ENV
+  umask 022
+  say "Postgres, Redis and Garage are up (settings in $STATE/env)"
+}

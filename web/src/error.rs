@@ -1,0 +1,69 @@
+//! Errors of the web tier: each has a status and a message meant for the user. Internal errors
+//! are logged once, with their cause, and shown as an opaque message.
+
+use axum::http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("no batch with this id")]
+    NotFound,
+    #[error("this batch has expired: its files were deleted one hour after it finished")]
+    Gone,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("something went wrong on our side")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Gone => StatusCode::GONE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The text shown to the user; logs internal errors (once) on the way.
+    pub fn user_message(&self) -> String {
+        if let Self::Internal(e) = self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        self.to_string()
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %e, "Postgres unavailable");
+                Self::Unavailable(
+                    "the database is unavailable; please try again in a moment".into(),
+                )
+            }
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<jobs::storage::StorageError> for AppError {
+    fn from(e: jobs::storage::StorageError) -> Self {
+        if e.is_retryable() {
+            tracing::warn!(error = %e, "storage unavailable");
+            Self::Unavailable("file storage is unavailable; please try again in a moment".into())
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}

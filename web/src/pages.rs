@@ -1,0 +1,305 @@
+//! The HTML pages: the upload form, the waiting page, the download, and friendly errors.
+
+use askama::Template;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use chrono::Utc;
+
+use jobs::tasks::{ParamKind, REGISTRY};
+use jobs::BatchStatus;
+
+use crate::api::{load_view, BatchView};
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::upload::{self, human_bytes};
+
+/// An [`AppError`] answered as an HTML page.
+pub struct PageError(pub AppError);
+
+impl<E: Into<AppError>> From<E> for PageError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let title = match &self.0 {
+            AppError::NotFound => "Not found",
+            AppError::Gone => "This batch has expired",
+            AppError::BadRequest(_) | AppError::TooLarge(_) => "That did not work",
+            AppError::Conflict(_) => "Not ready yet",
+            AppError::Unavailable(_) => "Please try again in a moment",
+            AppError::Internal(_) => "Something went wrong",
+        };
+        let message = match &self.0 {
+            AppError::Gone => "Its files were deleted one hour after it finished, as promised. Upload the images again to get a new download.".to_owned(),
+            other => other.user_message(),
+        };
+        render(status, &MessagePage { title, message })
+    }
+}
+
+fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "something went wrong on our side",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    title: &'static str,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    tasks: Vec<TaskForm>,
+    max_files: u32,
+    max_file: String,
+    max_batch: String,
+    accepted: &'static str,
+    error: Option<String>,
+}
+
+struct TaskForm {
+    name: &'static str,
+    label: &'static str,
+    description: &'static str,
+    checked: bool,
+    fields: Vec<FieldForm>,
+}
+
+struct FieldForm {
+    id: String,
+    form_name: String,
+    label: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    min: String,
+    max: String,
+    step: String,
+    value: String,
+    checked: bool,
+    options: Vec<(&'static str, bool)>,
+    maxlength: usize,
+}
+
+/// The form, generated from the task registry.
+fn index_page(state: &AppState, error: Option<String>) -> IndexPage {
+    let tasks = REGISTRY
+        .iter()
+        .map(|task| TaskForm {
+            name: task.name(),
+            label: task.label(),
+            description: task.description(),
+            checked: task.name() == "watermark",
+            fields: task
+                .params()
+                .iter()
+                .map(|p| {
+                    let mut f = FieldForm {
+                        id: format!("{}-{}", task.name(), p.name),
+                        form_name: format!("{}.{}", task.name(), p.name),
+                        label: p.label,
+                        help: p.help,
+                        kind: "text",
+                        min: String::new(),
+                        max: String::new(),
+                        step: String::new(),
+                        value: String::new(),
+                        checked: false,
+                        options: Vec::new(),
+                        maxlength: 0,
+                    };
+                    match p.kind {
+                        ParamKind::Float {
+                            min,
+                            max,
+                            default,
+                            step,
+                        } => {
+                            (f.kind, f.min, f.max, f.step, f.value) = (
+                                "number",
+                                min.to_string(),
+                                max.to_string(),
+                                step.to_string(),
+                                default.to_string(),
+                            );
+                        }
+                        ParamKind::Int { min, max, default } => {
+                            (f.kind, f.min, f.max, f.step, f.value) = (
+                                "number",
+                                min.to_string(),
+                                max.to_string(),
+                                "1".into(),
+                                default.to_string(),
+                            );
+                        }
+                        ParamKind::Bool { default } => (f.kind, f.checked) = ("checkbox", default),
+                        ParamKind::Choice { options, default } => {
+                            f.kind = "select";
+                            f.options = options.iter().map(|o| (*o, *o == default)).collect();
+                        }
+                        ParamKind::Text { max_len, default } => {
+                            (f.kind, f.maxlength, f.value) = ("text", max_len, default.into());
+                        }
+                        ParamKind::Color { default } => {
+                            (f.kind, f.value) = ("color", default.into())
+                        }
+                    }
+                    f
+                })
+                .collect(),
+        })
+        .collect();
+    IndexPage {
+        tasks,
+        max_files: state.settings.max_files_per_batch,
+        max_file: human_bytes(state.settings.max_file_bytes),
+        max_batch: human_bytes(state.settings.max_batch_bytes),
+        accepted: jobs::pipeline::ACCEPTED,
+        error,
+    }
+}
+
+/// `GET /`.
+pub async fn index(State(state): State<AppState>) -> Response {
+    render(StatusCode::OK, &index_page(&state, None))
+}
+
+/// `POST /batches`: the form. Answers 303 to the waiting page, or the form again with the problem.
+pub async fn submit(State(state): State<AppState>, multipart: Multipart) -> Response {
+    match upload::receive(&state, multipart).await {
+        Ok(received) => Redirect::to(&format!("/batches/{}", received.batch)).into_response(),
+        Err(e @ (AppError::BadRequest(_) | AppError::TooLarge(_))) => {
+            let status = e.status();
+            render(status, &index_page(&state, Some(e.user_message())))
+        }
+        Err(e) => PageError(e).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "batch.html")]
+struct BatchPage {
+    view: BatchView,
+}
+
+impl BatchPage {
+    fn status_text(&self) -> String {
+        status_text(self.view.status).into()
+    }
+
+    fn expiry_text(&self) -> String {
+        match self.view.expires_at {
+            Some(at) => {
+                let minutes = (at - Utc::now()).num_minutes().max(0);
+                format!(
+                    "Available until {} UTC (about {minutes} min from now).",
+                    at.format("%H:%M")
+                )
+            }
+            None => String::new(),
+        }
+    }
+}
+
+fn status_text(status: BatchStatus) -> &'static str {
+    match status {
+        BatchStatus::Uploading => "Receiving your files…",
+        BatchStatus::Queued => "Waiting for a worker…",
+        BatchStatus::Processing => "Processing…",
+        BatchStatus::Archiving => "Packing the zip…",
+        BatchStatus::Done => "Ready.",
+        BatchStatus::Failed => "Failed.",
+        BatchStatus::Expired => "Expired.",
+    }
+}
+
+/// `GET /batches/{id}`: the waiting page; it updates itself (see `static/app.js`).
+pub async fn batch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let view = load_view(&state, &id).await?;
+    Ok(render(StatusCode::OK, &BatchPage { view }))
+}
+
+/// `GET /batches/{id}/download`: the zip, streamed from storage.
+pub async fn download(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let view = load_view(&state, &id).await?;
+    if view.status != BatchStatus::Done {
+        return Err(AppError::Conflict(format!(
+            "the zip is not ready yet (the batch is {}); this page will have a link when it is",
+            view.status
+        ))
+        .into());
+    }
+    let (body, len) = state
+        .storage
+        .get_stream(&jobs::domain::keys::archive(view.id))
+        .await
+        .map_err(|e| {
+            if e.is_not_found() {
+                AppError::Gone
+            } else {
+                e.into()
+            }
+        })?;
+    let stream = tokio_util::io::ReaderStream::new(body.into_async_read());
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    let short = &view.id.to_string()[..8];
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("attachment; filename=\"watermarked-{short}.zip\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    Ok(response)
+}
+
+pub async fn not_found() -> Response {
+    PageError(AppError::NotFound).into_response()
+}
+
+pub async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+}
+
+pub async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/app.css"),
+    )
+}

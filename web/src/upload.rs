@@ -1,0 +1,353 @@
+//! Receiving a batch: the multipart body is streamed file by file to storage (at most one part
+//! of one file in memory), each file's type is sniffed from its first bytes, limits are enforced
+//! as the bytes arrive, and the pipeline is validated before anything is enqueued. A refused or
+//! broken upload leaves nothing behind.
+
+use axum::extract::multipart::{Field, Multipart, MultipartError};
+use serde_json::{Map, Value};
+
+use jobs::db::{self, NewImage};
+use jobs::domain::keys;
+use jobs::names::display_name;
+use jobs::pipeline::{Format, ACCEPTED};
+use jobs::storage::Upload;
+use jobs::tasks::{self, Pipeline};
+use jobs::{BatchId, ImageId};
+
+use crate::app::AppState;
+use crate::error::AppError;
+
+/// Bytes needed to tell the type of a file.
+const SNIFF_BYTES: usize = 32;
+/// Largest non-file field accepted (the pipeline JSON, a form value).
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// A batch that was received and enqueued.
+pub struct Received {
+    pub batch: BatchId,
+    pub status: jobs::BatchStatus,
+}
+
+/// Everything a submission carries besides its files.
+#[derive(Default)]
+struct Choices {
+    pipeline_json: Option<String>,
+    from_form: bool,
+    form_tasks: Vec<String>,
+    form_params: Vec<(String, String)>,
+}
+
+pub async fn receive(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
+    let batch = BatchId::new();
+    let mut created = false;
+    let result = receive_into(state, batch, &mut created, &mut multipart).await;
+    if result.is_err() && created {
+        // Nothing of a refused or broken upload stays behind.
+        if let Err(e) = state
+            .storage
+            .delete_prefix(&keys::batch_prefix(batch))
+            .await
+        {
+            tracing::warn!(%batch, error = %e, "could not delete a refused upload's files; the reconciler will");
+        } else if let Err(e) = db::delete_batch(&state.db, batch).await {
+            tracing::warn!(%batch, error = %e, "could not delete a refused upload's row; the reconciler will");
+        }
+    }
+    result
+}
+
+async fn receive_into(
+    state: &AppState,
+    batch: BatchId,
+    created: &mut bool,
+    multipart: &mut Multipart,
+) -> Result<Received, AppError> {
+    let settings = &state.settings;
+    let mut files: Vec<NewImage> = Vec::new();
+    let mut choices = Choices::default();
+    let mut total: u64 = 0;
+
+    while let Some(field) = multipart.next_field().await.map_err(bad_body)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "files" | "file" => {
+                // A form with no file chosen sends one empty, unnamed part.
+                if field.file_name().is_some_and(str::is_empty) {
+                    drain(field, &mut total, settings.max_batch_bytes).await?;
+                    continue;
+                }
+                if files.len() >= settings.max_files_per_batch as usize {
+                    return Err(AppError::TooLarge(format!(
+                        "too many files: at most {} per batch (MAX_FILES_PER_BATCH)",
+                        settings.max_files_per_batch
+                    )));
+                }
+                if !*created {
+                    db::create_batch(&state.db, batch, &Value::Null).await?;
+                    *created = true;
+                }
+                files.push(receive_file(state, batch, field, &mut total).await?);
+            }
+            "pipeline" => choices.pipeline_json = Some(text(field, &mut total).await?),
+            "form" => {
+                choices.from_form = true;
+                text(field, &mut total).await?;
+            }
+            "task" => {
+                let t = text(field, &mut total).await?;
+                choices.form_tasks.push(t);
+            }
+            other if other.contains('.') => {
+                let value = text(field, &mut total).await?;
+                choices.form_params.push((other.to_owned(), value));
+            }
+            _ => drain(field, &mut total, settings.max_batch_bytes).await?,
+        }
+    }
+
+    if files.is_empty() {
+        return Err(AppError::BadRequest(
+            "no files: choose at least one image".into(),
+        ));
+    }
+    let pipeline = choices.pipeline()?.to_json();
+    let recorded = db::record_upload(&state.db, batch, &pipeline, &files).await?;
+    // Committed: from here on the batch cannot be lost. Should Redis fail now, the reconciler
+    // enqueues its images later.
+    if let Err(e) = state.queues.enqueue_images(batch, &recorded.pending).await {
+        tracing::warn!(%batch, error = %e, "could not enqueue; the reconciler will");
+    }
+    let status = if recorded.complete {
+        if let Err(e) = state.queues.enqueue_archive(batch).await {
+            tracing::warn!(%batch, error = %e, "could not enqueue the archive; the reconciler will");
+        }
+        jobs::BatchStatus::Archiving
+    } else {
+        jobs::BatchStatus::Queued
+    };
+    tracing::info!(%batch, files = files.len(), bytes = total, "batch received");
+    Ok(Received { batch, status })
+}
+
+impl Choices {
+    /// The pipeline: the `pipeline` JSON field, else the form's choices, else the default.
+    fn pipeline(&self) -> Result<Pipeline, AppError> {
+        let bad = |e: String| AppError::BadRequest(format!("invalid pipeline: {e}"));
+        if let Some(json) = &self.pipeline_json {
+            if !json.trim().is_empty() {
+                let value: Value =
+                    serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+                return Pipeline::parse(&value).map_err(bad);
+            }
+        }
+        if !self.from_form {
+            return Ok(tasks::default_pipeline());
+        }
+        if self.form_tasks.is_empty() {
+            return Err(AppError::BadRequest(
+                "choose at least one kind of processing".into(),
+            ));
+        }
+        let mut steps = Vec::new();
+        for name in &self.form_tasks {
+            let task = tasks::find(name).ok_or_else(|| bad(format!("unknown task {name:?}")))?;
+            let mut step = Map::new();
+            step.insert("task".into(), Value::String(name.clone()));
+            for spec in task.params() {
+                let key = format!("{name}.{}", spec.name);
+                let value = match self.form_params.iter().find(|(k, _)| *k == key) {
+                    Some((_, text)) => tasks::form_value(spec, text),
+                    // An unticked checkbox sends nothing.
+                    None if matches!(spec.kind, tasks::ParamKind::Bool { .. }) => {
+                        Value::Bool(false)
+                    }
+                    None => Value::Null,
+                };
+                step.insert(spec.name.into(), value);
+            }
+            steps.push(Value::Object(step));
+        }
+        Pipeline::parse(&Value::Array(steps)).map_err(bad)
+    }
+}
+
+/// Streams one file to storage. A file that is empty, too large or not an image is recorded as
+/// refused (with its reason) and not stored; the rest of the batch goes on.
+async fn receive_file(
+    state: &AppState,
+    batch: BatchId,
+    mut field: Field<'_>,
+    total: &mut u64,
+) -> Result<NewImage, AppError> {
+    let settings = &state.settings;
+    let id = ImageId::new();
+    let name = display_name(field.file_name().unwrap_or("unnamed"));
+    let mut head: Vec<u8> = Vec::new();
+    let mut upload: Option<Upload> = None;
+    let mut format: Option<Format> = None;
+    let mut rejected: Option<String> = None;
+    let mut size: u64 = 0;
+
+    let outcome: Result<(), AppError> = async {
+        while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+            *total += chunk.len() as u64;
+            size += chunk.len() as u64;
+            if *total > settings.max_batch_bytes {
+                return Err(too_large_batch(settings.max_batch_bytes));
+            }
+            if rejected.is_some() {
+                continue; // read and discard the rest of a refused file
+            }
+            if size > settings.max_file_bytes {
+                rejected = Some(format!(
+                    "the file is larger than the limit of {} (MAX_FILE_BYTES)",
+                    human_bytes(settings.max_file_bytes)
+                ));
+                if let Some(u) = upload.take() {
+                    u.abort().await;
+                }
+                continue;
+            }
+            match upload.as_mut() {
+                Some(u) => u.push(&chunk).await?,
+                None => {
+                    head.extend_from_slice(&chunk);
+                    if head.len() >= SNIFF_BYTES {
+                        start(
+                            state,
+                            batch,
+                            id,
+                            &mut head,
+                            &mut upload,
+                            &mut format,
+                            &mut rejected,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        if rejected.is_none() && upload.is_none() {
+            if size == 0 {
+                rejected = Some("the file is empty".into());
+            } else {
+                start(
+                    state,
+                    batch,
+                    id,
+                    &mut head,
+                    &mut upload,
+                    &mut format,
+                    &mut rejected,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    match (outcome, upload) {
+        (Err(e), Some(u)) => {
+            u.abort().await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+        (Ok(()), Some(u)) => {
+            u.finish().await?;
+            Ok(NewImage {
+                id,
+                name,
+                input_format: format.map(|f| f.as_str().to_owned()),
+                input_bytes: size as i64,
+                rejected: None,
+            })
+        }
+        (Ok(()), None) => Ok(NewImage {
+            id,
+            name,
+            input_format: None,
+            input_bytes: size as i64,
+            rejected: Some(
+                rejected
+                    .unwrap_or_else(|| format!("not an image we can read (expected {ACCEPTED})")),
+            ),
+        }),
+    }
+}
+
+/// Sniffs the buffered head of a file and, when it is an image, starts its upload.
+async fn start(
+    state: &AppState,
+    batch: BatchId,
+    id: ImageId,
+    head: &mut Vec<u8>,
+    upload: &mut Option<Upload>,
+    format: &mut Option<Format>,
+    rejected: &mut Option<String>,
+) -> Result<(), AppError> {
+    match Format::sniff(head) {
+        Some(f) => {
+            let mut u = state.storage.upload(keys::original(batch, id), f.mime());
+            u.push(head).await?;
+            head.clear();
+            *format = Some(f);
+            *upload = Some(u);
+        }
+        None => {
+            *rejected = Some(format!("not an image we can read (expected {ACCEPTED}; the name does not matter, the content does)"));
+            head.clear();
+        }
+    }
+    Ok(())
+}
+
+async fn text(mut field: Field<'_>, total: &mut u64) -> Result<String, AppError> {
+    let name = field.name().unwrap_or_default().to_owned();
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+        *total += chunk.len() as u64;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > MAX_FIELD_BYTES {
+            return Err(AppError::TooLarge(format!(
+                "the field {name:?} is too long"
+            )));
+        }
+    }
+    String::from_utf8(buf)
+        .map_err(|_| AppError::BadRequest(format!("the field {name:?} is not valid UTF-8")))
+}
+
+async fn drain(mut field: Field<'_>, total: &mut u64, limit: u64) -> Result<(), AppError> {
+    while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+        *total += chunk.len() as u64;
+        if *total > limit {
+            return Err(too_large_batch(limit));
+        }
+    }
+    Ok(())
+}
+
+fn too_large_batch(limit: u64) -> AppError {
+    AppError::TooLarge(format!(
+        "the upload is larger than the limit of {} per batch (MAX_BATCH_BYTES)",
+        human_bytes(limit)
+    ))
+}
+
+fn bad_body(e: MultipartError) -> AppError {
+    AppError::BadRequest(format!("the upload could not be read: {}", e.body_text()))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= MIB {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    } else if n >= 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} bytes")
+    }
+}

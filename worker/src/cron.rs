@@ -1,0 +1,86 @@
+//! The purge and the reconciler on cron schedules. Every replica schedules them; each tick runs
+//! on exactly one replica, the one whose claim of the tick in Postgres succeeds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::handlers::Ctx;
+use crate::Cli;
+
+pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
+    let reconcile = jobs::maintenance::ReconcileSettings {
+        stale_after: Duration::from_secs(cli.reconcile_after_seconds),
+        upload_stale_after: Duration::from_secs(cli.upload_stale_seconds),
+        result_ttl: ctx.settings.result_ttl(),
+    };
+    let ctx = Arc::new(ctx);
+
+    let purge_ctx = ctx.clone();
+    scheduler
+        .add(
+            Job::new_async(cli.purge_schedule.as_str(), move |_, _| {
+                let ctx = purge_ctx.clone();
+                Box::pin(async move {
+                    if !claim(&ctx, "purge").await {
+                        return;
+                    }
+                    match jobs::maintenance::purge(&ctx.db, &ctx.storage).await {
+                        Ok(r) if r.batches > 0 => {
+                            tracing::info!(batches = r.batches, objects = r.objects, "purge done")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purge failed; the next tick tries again")
+                        }
+                    }
+                    let _ = jobs::db::forget_ticks(&ctx.db, Duration::from_secs(86_400)).await;
+                })
+            })
+            .map_err(|e| anyhow::anyhow!("PURGE_SCHEDULE is not a valid cron expression: {e}"))?,
+        )
+        .await?;
+
+    let rec_ctx = ctx.clone();
+    scheduler
+        .add(Job::new_async(cli.reconcile_schedule.as_str(), move |_, _| {
+            let ctx = rec_ctx.clone();
+            Box::pin(async move {
+                if !claim(&ctx, "reconcile").await {
+                    return;
+                }
+                match jobs::maintenance::reconcile(&ctx.db, &ctx.storage, &ctx.queues, reconcile).await {
+                    Ok(r) if r != Default::default() => tracing::info!(?r, "reconciler repaired"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reconciler failed; the next tick tries again"),
+                }
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("RECONCILE_SCHEDULE is not a valid cron expression: {e}"))?)
+        .await?;
+
+    scheduler.start().await?;
+    Ok(scheduler)
+}
+
+/// Claims this tick (the current second) of `job` for this replica.
+async fn claim(ctx: &Ctx, job: &str) -> bool {
+    let now = Utc::now();
+    let tick = now.duration_trunc(TimeDelta::seconds(1)).unwrap_or(now);
+    match jobs::db::claim_tick(&ctx.db, job, tick, &ctx.worker).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            tracing::warn!(job, error = %e, "cannot claim a cron tick");
+            false
+        }
+    }
+}
+
+pub async fn stop(mut scheduler: JobScheduler) {
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "cron scheduler did not stop cleanly");
+    }
+}

@@ -1,0 +1,147 @@
+//! The worker: runs `ProcessImage` and `BuildArchive` jobs from Redis, and the purge and
+//! reconciler cron jobs. Start as many as you like, on any host; they share the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+mod cron;
+mod handlers;
+
+/// Applies image tasks to uploaded batches, builds their zips, and purges expired batches.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: jobs::Settings,
+
+    /// Images processed at once by this worker (default: the number of cores).
+    #[arg(long, env = "WORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: Option<u32>,
+
+    /// Name of this worker in logs and in the database (default: host name and process id).
+    #[arg(long, env = "WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// How often an idle worker asks Redis for work, in milliseconds.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_interval_ms: u64,
+
+    /// Cron expression (with seconds) of the purge of expired batches.
+    #[arg(long, env = "PURGE_SCHEDULE", default_value = "0 * * * * *")]
+    pub purge_schedule: String,
+
+    /// Cron expression (with seconds) of the reconciler.
+    #[arg(long, env = "RECONCILE_SCHEDULE", default_value = "*/30 * * * * *")]
+    pub reconcile_schedule: String,
+
+    /// A pending image whose job is older than this many seconds is enqueued again (Redis lost
+    /// it, or its worker died); a complete batch without a zip for this long gets its archive job again.
+    #[arg(long, env = "RECONCILE_AFTER_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_after_seconds: u64,
+
+    /// An upload still unfinished after this many seconds is failed and its files deleted.
+    #[arg(long, env = "UPLOAD_STALE_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_stale_seconds: u64,
+
+    /// Seconds a stopping worker waits for the jobs it holds before it exits.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Cli {
+    fn concurrency(&self) -> usize {
+        self.concurrency.map(|c| c as usize).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    fn worker_name(&self) -> String {
+        self.name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| "host".into());
+                format!("{}-{}", host.trim(), std::process::id())
+            })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    jobs::config::load_dotenv();
+    let cli = Cli::parse();
+    jobs::telemetry::init(&cli.settings.log_format);
+    // The async runtime only waits on I/O; image work runs on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Arc::new(cli.settings.clone());
+    let name = cli.worker_name();
+    let concurrency = cli.concurrency();
+    let db = jobs::db::connect(settings.database_url())
+        .await
+        .context("cannot reach Postgres (DATABASE_URL)")?;
+    let storage = jobs::storage::Storage::new(&settings);
+    let conn = apalis_redis::connect(settings.redis_url())
+        .await
+        .context("cannot reach Redis (REDIS_URL)")?;
+    let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, concurrency);
+    let ctx = handlers::Ctx {
+        db,
+        storage,
+        queues,
+        settings: settings.clone(),
+        worker: Arc::from(name.as_str()),
+    };
+    tracing::info!(worker = %name, concurrency, "worker starting");
+
+    let scheduler = cron::start(&cli, ctx.clone()).await?;
+    let result = handlers::run_monitor(
+        ctx,
+        &name,
+        concurrency,
+        Duration::from_millis(cli.poll_interval_ms),
+        Duration::from_secs(cli.shutdown_grace_seconds),
+        shutdown_signal(),
+    )
+    .await;
+    cron::stop(scheduler).await;
+    tracing::info!(worker = %name, "worker stopped");
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("stop requested: finishing the jobs in hand");
+}
