@@ -162,6 +162,8 @@ TOML
   "$garage" -c "$conf" bucket info "$BUCKET" >/dev/null 2>&1 \
     || "$garage" -c "$conf" bucket create "$BUCKET" >/dev/null
   "$garage" -c "$conf" bucket allow --read --write --owner "$BUCKET" --key watermark >/dev/null
+  # Tests give every system under test a bucket of its own.
+  "$garage" -c "$conf" key allow --create-bucket watermark >/dev/null
   # The S3 API answers once the layout is live.
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && return 0

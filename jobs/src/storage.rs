@@ -97,20 +97,56 @@ pub struct Storage {
     bucket: String,
 }
 
+/// Where and how to reach the bucket.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub force_path_style: bool,
+}
+
+impl StorageConfig {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            endpoint: settings.s3_endpoint.clone(),
+            region: settings.s3_region.clone(),
+            bucket: settings.s3_bucket.clone(),
+            access_key_id: settings.s3_access_key_id.clone(),
+            secret_access_key: settings.s3_secret_access_key.expose_secret().to_owned(),
+            force_path_style: settings.s3_force_path_style,
+        }
+    }
+}
+
 impl Storage {
     pub fn new(settings: &Settings) -> Self {
+        Self::from_config(StorageConfig::from_settings(settings))
+    }
+
+    pub fn from_config(config: StorageConfig) -> Self {
         let creds = Credentials::new(
-            settings.s3_access_key_id.clone(),
-            settings.s3_secret_access_key.expose_secret().to_owned(),
+            config.access_key_id,
+            config.secret_access_key,
             None,
             None,
             "settings",
         );
         let mut conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.s3_region.clone()))
+            .region(Region::new(config.region))
             .credentials_provider(creds)
-            .force_path_style(settings.s3_force_path_style)
+            .force_path_style(config.force_path_style)
+            // Checksums only where S3 requires them: MinIO and Garage do not all accept the
+            // SDK's default streaming checksum trailers.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
@@ -118,12 +154,12 @@ impl Storage {
                     .build(),
             )
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3));
-        if let Some(endpoint) = settings.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        if let Some(endpoint) = config.endpoint.as_deref().filter(|e| !e.is_empty()) {
             conf = conf.endpoint_url(endpoint);
         }
         Self {
             client: Client::from_conf(conf.build()),
-            bucket: settings.s3_bucket.clone(),
+            bucket: config.bucket,
         }
     }
 
@@ -140,6 +176,27 @@ impl Storage {
             .await
             .map_err(|e| classify("head bucket", e))?;
         Ok(())
+    }
+
+    /// Deletes the (empty) bucket; a bucket already gone is success.
+    pub async fn delete_bucket(&self) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = classify("delete bucket", e);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Creates the bucket when it does not exist yet.
@@ -209,20 +266,26 @@ impl Storage {
         }
         let upload_id = self.create_multipart(key, content_type).await?;
         let result = async {
+            use tokio::io::AsyncReadExt;
+            let io = |e: std::io::Error| StorageError::other("put file", e.to_string());
+            let mut file = tokio::fs::File::open(path).await.map_err(io)?;
             let mut parts = Vec::new();
-            let mut offset = 0u64;
             let mut number = 1;
-            while offset < len {
-                let size = (len - offset).min(PART_SIZE as u64);
-                let body = ByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(aws_sdk_s3::primitives::Length::Exact(size))
-                    .build()
+            loop {
+                // One part in memory at a time.
+                let mut part = Vec::with_capacity(PART_SIZE);
+                let read = (&mut file)
+                    .take(PART_SIZE as u64)
+                    .read_to_end(&mut part)
                     .await
-                    .map_err(|e| StorageError::other("put file", e.to_string()))?;
-                parts.push(self.upload_part(key, &upload_id, number, body).await?);
-                offset += size;
+                    .map_err(io)?;
+                if read == 0 {
+                    break;
+                }
+                parts.push(
+                    self.upload_part(key, &upload_id, number, ByteStream::from(part))
+                        .await?,
+                );
                 number += 1;
             }
             self.complete_multipart(key, &upload_id, parts).await

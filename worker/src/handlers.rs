@@ -169,6 +169,13 @@ async fn finish(ctx: &Ctx, image: jobs::ImageId, outcome: ImageOutcome) -> JobRe
 /// Builds the zip of a complete batch, stores it, and marks the batch done (or failed, when no
 /// image could be processed). Running it twice is harmless.
 pub async fn build_archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
+    let batch = job.batch;
+    archive(job, ctx).await.inspect_err(|e| {
+        tracing::warn!(%batch, error = %e, "building the archive failed; it will be retried");
+    })
+}
+
+async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
     if job.v != PAYLOAD_VERSION {
         tracing::error!(
             version = job.v,

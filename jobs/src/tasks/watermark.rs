@@ -116,9 +116,9 @@ impl ImageTask for Watermark {
     }
 
     fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError> {
-        let (w, h) = (image.width(), image.height());
+        let w = image.width();
         let settings = Settings::from_params(params);
-        let mark = settings.mark(w, h)?;
+        let mark = settings.mark(w)?;
         Ok(paint(image, |buf, width, height, channels| {
             settings.place(&mark, width, height, |x, y| {
                 blend(buf, width, height, channels, &mark, x, y)
@@ -151,7 +151,7 @@ impl<'a> Settings<'a> {
     }
 
     /// The mark to paint, already sized, faded and (when tiled) rotated.
-    fn mark(&self, w: u32, h: u32) -> Result<RgbaImage, TaskError> {
+    fn mark(&self, w: u32) -> Result<RgbaImage, TaskError> {
         let target_w = ((w as f64 * self.scale).round() as u32).clamp(1, w.max(1));
         let mut mark = if self.text.is_empty() {
             let logo = logo();
@@ -162,7 +162,6 @@ impl<'a> Settings<'a> {
         } else {
             render_text(self.text, self.color, target_w)?
         };
-        let _ = h;
         let opacity = self.opacity.clamp(0.0, 1.0);
         for px in mark.pixels_mut() {
             px.0[3] = (px.0[3] as f64 * opacity).round() as u8;

@@ -1,0 +1,369 @@
+//! A harness that runs the real `web` and `worker` binaries, as separate processes, against the
+//! real Postgres, Redis and S3 server started by `scripts/test` (settings from the environment).
+//! Every system under test gets a database, a Redis key prefix and a bucket of its own, so tests
+//! run in parallel without seeing each other.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use jobs::storage::{Storage, StorageConfig};
+use serde_json::Value;
+use sqlx::PgPool;
+
+pub mod images;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with ./scripts/test, which starts Postgres, Redis and Garage")
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds `web` and `worker` once per test process (a no-op when they are up to date) and
+/// returns the folder holding them.
+pub fn binaries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building web and worker failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug")
+    })
+}
+
+/// What a system under test is started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// One worker process per name.
+    pub workers: Vec<String>,
+    /// Extra environment for every process (`RESULT_TTL_SECONDS`, limits, schedules...).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: vec!["worker-a".into()],
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    pub fn workers(mut self, names: &[&str]) -> Self {
+        self.workers = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.into(), value.to_string()));
+        self
+    }
+}
+
+/// A running system: one `web`, some workers, and handles on its database and bucket.
+pub struct System {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: PgPool,
+    pub storage: Storage,
+    pub name: String,
+    env: HashMap<String, String>,
+    web: Option<Child>,
+    workers: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+impl System {
+    pub async fn start(name: &str, options: Options) -> anyhow::Result<Self> {
+        let bins = binaries();
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let unique = format!(
+            "{stamp}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let database = format!("wm_t_{unique}");
+        let admin_url = env("DATABASE_URL");
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .context("connect to Postgres")?;
+        drop_old_databases(&admin, stamp).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let db_url = replace_db(&admin_url, &database);
+        let bucket = format!("wm-t-{}", unique.replace('_', "-"));
+
+        let mut vars: HashMap<String, String> = HashMap::new();
+        for key in [
+            "REDIS_URL",
+            "S3_ENDPOINT",
+            "S3_REGION",
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY",
+        ] {
+            vars.insert(key.into(), env(key));
+        }
+        vars.insert("DATABASE_URL".into(), db_url.clone());
+        vars.insert("S3_BUCKET".into(), bucket.clone());
+        vars.insert("QUEUE_PREFIX".into(), format!("t{unique}"));
+        vars.insert("POLL_INTERVAL_MS".into(), "100".into());
+        vars.insert("RUST_LOG".into(), "info,worker=debug".into());
+        for (k, v) in &options.env {
+            vars.insert(k.clone(), v.clone());
+        }
+
+        let logs = workspace_root()
+            .join("target/system-tests")
+            .join(format!("{name}-{unique}"));
+        std::fs::create_dir_all(&logs)?;
+        let storage = Storage::from_config(StorageConfig {
+            endpoint: Some(vars["S3_ENDPOINT"].clone()),
+            region: vars["S3_REGION"].clone(),
+            bucket: bucket.clone(),
+            access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
+            secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone(),
+            force_path_style: true,
+        });
+        storage
+            .ensure_bucket()
+            .await
+            .context("create the test bucket")?;
+
+        let mut system = Self {
+            base: String::new(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            db: PgPool::connect(&db_url).await?,
+            storage,
+            name: name.into(),
+            env: vars,
+            web: None,
+            workers: Vec::new(),
+            logs,
+        };
+        system.start_web(bins).await?;
+        for worker in &options.workers {
+            system.start_worker(worker)?;
+        }
+        Ok(system)
+    }
+
+    async fn start_web(&mut self, bins: &Path) -> anyhow::Result<()> {
+        let mut child = Command::new(bins.join("web"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(log_file(&self.logs, "web")?)
+            .spawn()
+            .context("start web")?;
+        let stdout = child.stdout.take().context("web stdout")?;
+        self.web = Some(child);
+        let line = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).map(|_| line)
+            }),
+        )
+        .await
+        .context("web did not start within 60 s")???;
+        let url = line
+            .trim()
+            .strip_prefix("web listening on ")
+            .with_context(|| format!("web did not start: {line:?}; see {}", self.logs.display()))?;
+        self.base = url.to_owned();
+        Ok(())
+    }
+
+    /// Starts one more worker process named `name`.
+    pub fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let child = Command::new(binaries().join("worker"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("WORKER_NAME", name)
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.logs, name)?)
+            .spawn()
+            .context("start worker")?;
+        self.workers.push((name.into(), child));
+        Ok(())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /api/batches` with `files` and an optional pipeline; the answer's status and JSON.
+    pub async fn submit(
+        &self,
+        files: &[(&str, Vec<u8>)],
+        pipeline: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(p) = pipeline {
+            form = form.text("pipeline", p.to_string());
+        }
+        for (name, bytes) in files {
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            );
+        }
+        let res = self
+            .http
+            .post(self.url("/api/batches"))
+            .multipart(form)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await?))
+    }
+
+    /// Submits and expects 202; returns the batch id.
+    pub async fn submit_ok(
+        &self,
+        files: &[(&str, Vec<u8>)],
+        pipeline: Option<&Value>,
+    ) -> anyhow::Result<String> {
+        let (status, body) = self.submit(files, pipeline).await?;
+        if status != 202 {
+            bail!("submission answered {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("an id")?.to_owned())
+    }
+
+    pub async fn status(&self, id: &str) -> anyhow::Result<(u16, Value)> {
+        let res = self
+            .http
+            .get(self.url(&format!("/api/batches/{id}")))
+            .send()
+            .await?;
+        Ok((res.status().as_u16(), res.json().await?))
+    }
+
+    /// Polls the API until the batch is done, failed or expired (at most `limit`).
+    pub async fn wait_final(&self, id: &str, limit: Duration) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (code, body) = self.status(id).await?;
+            if code == 200 && matches!(body["status"].as_str(), Some("done" | "failed" | "expired"))
+            {
+                return Ok(body);
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "batch {id} not finished after {limit:?}: {body}; logs in {}",
+                    self.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn download(&self, id: &str) -> anyhow::Result<(u16, bytes::Bytes)> {
+        let res = self
+            .http
+            .get(self.url(&format!("/batches/{id}/download")))
+            .send()
+            .await?;
+        Ok((res.status().as_u16(), res.bytes().await?))
+    }
+
+    /// Every object key in this system's bucket.
+    pub async fn objects(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.storage.list("").await?)
+    }
+
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+
+    /// Stops every process (SIGKILL) and removes the bucket's objects and the bucket.
+    pub async fn shutdown(mut self) {
+        self.kill_all();
+        let _ = self.storage.delete_prefix("").await;
+        let _ = self.storage.delete_bucket().await;
+    }
+
+    fn kill_all(&mut self) {
+        for (_, child) in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(web) = self.web.as_mut() {
+            let _ = web.kill();
+            let _ = web.wait();
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
+    Ok(Stdio::from(std::fs::File::create(
+        dir.join(format!("{name}.log")),
+    )?))
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// Drops test databases left by runs more than an hour old.
+async fn drop_old_databases(admin: &PgPool, now: u64) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'wm\\_t\\_%'")
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let stamp = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(now);
+        if now.saturating_sub(stamp) > 3600 {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(admin)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The whole system, end to end, through the real binaries and services.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use image::{GenericImageView, ImageFormat};
+use serde_json::json;
+use system_tests::images::{exif_rotated_jpeg, flat_jpeg, flat_png, photo_jpeg};
+use system_tests::{Options, System};
+
+fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
+    (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).expect("entry");
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).expect("read");
+            (f.name().expect("a UTF-8 name").to_string(), data)
+        })
+        .collect()
+}
+
+/// Pixels of `img` that differ from `color` by more than `tolerance` on some channel.
+fn differs(px: [u8; 3], color: [u8; 3], tolerance: u8) -> bool {
+    px.iter().zip(color).any(|(a, b)| a.abs_diff(b) > tolerance)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_goes_from_upload_to_zip_with_the_watermark_where_it_belongs() {
+    let sys = System::start("upload-to-zip", Options::default())
+        .await
+        .expect("system starts");
+    let grey = [120, 120, 120];
+    let files = vec![
+        ("landscape.jpg", flat_jpeg(640, 400, grey)),
+        ("IMG_0001.JPG", flat_jpeg(300, 500, grey)),
+        ("rotated.jpg", exif_rotated_jpeg(320, 200, grey)),
+        ("transparent.png", flat_png(400, 400, [120, 120, 120, 255])),
+        ("photo.png", flat_png(500, 300, [120, 120, 120, 255])),
+        ("photo.png", flat_png(200, 200, [120, 120, 120, 255])),
+        (
+            "notes.jpg",
+            b"this is a text file pretending to be a photo".repeat(20),
+        ),
+    ];
+    // The mark in the bottom-right corner: 25 % of the width, 5 % of the shorter side from the edges.
+    let pipeline = json!([{"task": "watermark", "position": "bottom-right", "opacity": 1.0, "scale": 0.25, "margin": 0.05}]);
+    let id = sys
+        .submit_ok(&files, Some(&pipeline))
+        .await
+        .expect("accepted");
+
+    let status = sys
+        .wait_final(&id, Duration::from_secs(60))
+        .await
+        .expect("finishes");
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(status["total"], 7);
+    assert_eq!(status["done"], 6);
+    assert_eq!(status["failed"], 1);
+    let broken = &status["images"][6];
+    assert_eq!(broken["name"], "notes.jpg");
+    assert_eq!(broken["status"], "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("not an image"),
+        "{broken}"
+    );
+    assert_eq!(status["download_url"], format!("/batches/{id}/download"));
+    assert!(status["expires_at"].is_string());
+
+    let (code, zip) = sys.download(&id).await.expect("download");
+    assert_eq!(code, 200);
+    let entries = unzip(&zip);
+    let names: Vec<_> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "landscape.jpg",
+            "IMG_0001.JPG",
+            "rotated.jpg",
+            "transparent.png",
+            "photo.png",
+            "photo (2).png",
+            "FAILED-FILES.txt"
+        ]
+    );
+    let expected = [
+        ("landscape.jpg", ImageFormat::Jpeg, (640, 400)),
+        ("IMG_0001.JPG", ImageFormat::Jpeg, (300, 500)),
+        ("rotated.jpg", ImageFormat::Jpeg, (200, 320)), // EXIF orientation applied
+        ("transparent.png", ImageFormat::Png, (400, 400)),
+        ("photo.png", ImageFormat::Png, (500, 300)),
+        ("photo (2).png", ImageFormat::Png, (200, 200)),
+    ];
+    for ((name, format, (w, h)), (entry, data)) in expected.iter().zip(&entries) {
+        assert_eq!(name, entry);
+        assert_eq!(
+            image::guess_format(data).expect("an image"),
+            *format,
+            "{name}"
+        );
+        let img = image::load_from_memory(data).expect("decodes");
+        assert_eq!(img.dimensions(), (*w, *h), "{name}");
+
+        // Changed inside the bottom-right box that holds the mark, unchanged everywhere else.
+        let rgb = img.to_rgb8();
+        let margin = (0.05 * (*w).min(*h) as f64).round() as u32;
+        let mark_w = (0.25 * *w as f64).round() as u32;
+        let (x0, y0) = (w - margin - mark_w, h - margin - mark_w);
+        // JPEG's 8 × 8 blocks (16 × 16 with chroma subsampling) carry a little of the mark
+        // beyond its edge: allow one block of slack there, and a few levels of noise elsewhere.
+        let (tolerance, slack) = if *format == ImageFormat::Png {
+            (0, 2)
+        } else {
+            (6, 16)
+        };
+        let mut inside_changed = 0;
+        for (x, y, px) in rgb.enumerate_pixels() {
+            let inside = x + slack >= x0
+                && y + slack >= y0
+                && x < w - margin + slack
+                && y < h - margin + slack;
+            if inside {
+                inside_changed += differs(px.0, grey, 30) as u32;
+            } else {
+                assert!(
+                    !differs(px.0, grey, tolerance),
+                    "{name}: pixel ({x},{y}) = {:?} changed outside the mark",
+                    px.0
+                );
+            }
+        }
+        assert!(
+            inside_changed > mark_w,
+            "{name}: only {inside_changed} pixels of the mark changed"
+        );
+    }
+    let report = String::from_utf8(entries.last().unwrap().1.clone()).expect("text");
+    assert!(report.contains("notes.jpg: not an image"), "{report}");
+
+    // The page shows the same, and the file names are escaped.
+    let page = sys
+        .http
+        .get(sys.url(&format!("/batches/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("notes.jpg") && page.contains("Download the zip"),
+        "{page}"
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410() {
+    let sys = System::start(
+        "purge",
+        Options::default()
+            .env("RESULT_TTL_SECONDS", 2)
+            .env("PURGE_SCHEDULE", "* * * * * *"),
+    )
+    .await
+    .expect("system starts");
+    let id = sys
+        .submit_ok(
+            &[
+                ("a.jpg", photo_jpeg(320, 240, 1)),
+                ("b.png", flat_png(64, 64, [1, 2, 3, 255])),
+            ],
+            None,
+        )
+        .await
+        .expect("accepted");
+    let status = sys
+        .wait_final(&id, Duration::from_secs(60))
+        .await
+        .expect("finishes");
+    assert_eq!(status["status"], "done");
+    let objects = sys.objects().await.unwrap();
+    assert!(
+        objects
+            .iter()
+            .any(|k| k == &format!("batches/{id}/result.zip")),
+        "{objects:?}"
+    );
+    assert_eq!(
+        objects.len(),
+        5,
+        "two originals, two results, one zip: {objects:?}"
+    );
+
+    let started = Instant::now();
+    let code = loop {
+        let (code, _) = sys.status(&id).await.unwrap();
+        if code == 410 || started.elapsed() > Duration::from_secs(30) {
+            break code;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 410, "the batch never expired");
+    assert_eq!(
+        sys.objects().await.unwrap(),
+        Vec::<String>::new(),
+        "objects left after the purge"
+    );
+    let (code, _) = sys.download(&id).await.unwrap();
+    assert_eq!(code, 410);
+    let page = sys
+        .http
+        .get(sys.url(&format!("/batches/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 410);
+    assert!(page.text().await.unwrap().contains("has expired"));
+    let purged: i64 = sqlx::query_scalar("SELECT count(*) FROM batches WHERE status = 'expired'")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_worker_processes_share_a_batch_of_twenty() {
+    let sys = System::start(
+        "two-workers",
+        Options::default()
+            .workers(&["worker-a", "worker-b"])
+            .env("WORKER_CONCURRENCY", 1),
+    )
+    .await
+    .expect("system starts");
+    let files: Vec<_> = (0..20)
+        .map(|i| (format!("p{i:02}.jpg"), photo_jpeg(1600, 1200, i)))
+        .collect();
+    let files: Vec<_> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let submitted = Instant::now();
+    let id = sys.submit_ok(&files, None).await.expect("accepted");
+    let status = sys
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .expect("finishes");
+    let elapsed = submitted.elapsed();
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(status["done"], 20);
+
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT processed_by, count(*) FROM images WHERE status = 'done' GROUP BY processed_by ORDER BY 1",
+    )
+    .fetch_all(&sys.db)
+    .await
+    .unwrap();
+    eprintln!("20 images of 1.9 MP with two workers: {elapsed:?}; split {rows:?}");
+    let names: Vec<_> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["worker-a", "worker-b"],
+        "both workers take part: {rows:?}"
+    );
+    assert_eq!(rows.iter().map(|(_, c)| c).sum::<i64>(), 20);
+    let (_, zip) = sys.download(&id).await.unwrap();
+    assert_eq!(unzip(&zip).len(), 20);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_form_redirects_to_a_page_that_escapes_file_names() {
+    let sys = System::start("form", Options::default())
+        .await
+        .expect("system starts");
+    let form = sys
+        .http
+        .get(sys.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The form is generated from the registry.
+    for field in [
+        "name=\"task\" value=\"watermark\" checked",
+        "watermark.opacity",
+        "resize.max_width",
+        "value=\"grayscale\"",
+    ] {
+        assert!(form.contains(field), "the form lacks {field}");
+    }
+    let hostile = "<script>alert(1)</script>.png";
+    let form = reqwest::multipart::Form::new()
+        .text("form", "1")
+        .text("task", "watermark")
+        .text("watermark.position", "top-left")
+        .text("watermark.opacity", "0.8")
+        .text("watermark.text", "© Test")
+        .text("task", "grayscale")
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(flat_png(50, 40, [9, 9, 9, 255])).file_name(hostile),
+        );
+    let res = sys
+        .http
+        .post(sys.url("/batches"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let id = location
+        .strip_prefix("/batches/")
+        .expect("a batch page")
+        .to_owned();
+    let status = sys.wait_final(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status["status"], "done");
+    let stored: serde_json::Value = sqlx::query_scalar("SELECT pipeline FROM batches")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(stored[0]["task"], "watermark");
+    assert_eq!(stored[0]["opacity"], 0.8);
+    assert_eq!(stored[0]["text"], "© Test");
+    assert_eq!(stored[1]["task"], "grayscale");
+
+    let page = sys
+        .http
+        .get(sys.url(&location))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("<script>alert(1)"),
+        "the name is not escaped"
+    );
+    assert!(
+        page.contains("&#60;script&#62;alert(1)&#60;/script&#62;.png")
+            || page.contains("&lt;script&gt;alert(1)&lt;/script&gt;.png"),
+        "{page}"
+    );
+    let (_, zip) = sys.download(&id).await.unwrap();
+    let entries = unzip(&zip);
+    assert_eq!(entries[0].0, "script_.png");
+    let img = image::load_from_memory(&entries[0].1).unwrap();
+    assert!(
+        !img.color().has_color(),
+        "grayscale ran after the watermark"
+    );
+
+    // A bad parameter comes back as the form with the problem, and creates nothing.
+    let form = reqwest::multipart::Form::new()
+        .text("form", "1")
+        .text("task", "watermark")
+        .text("watermark.opacity", "7")
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(flat_png(5, 5, [9, 9, 9, 255])).file_name("x.png"),
+        );
+    let res = sys
+        .http
+        .post(sys.url("/batches"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("watermark.opacity: must be between 0 and 1"));
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(batches, 1);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_and_limits_get_clear_answers_and_leave_nothing_behind() {
+    let sys = System::start(
+        "limits",
+        Options::default()
+            .env("MAX_FILES_PER_BATCH", 3)
+            .env("MAX_FILE_BYTES", 20_000)
+            .env("MAX_BATCH_BYTES", 200_000),
+    )
+    .await
+    .expect("system starts");
+    let small = || flat_jpeg(40, 40, [1, 2, 3]);
+
+    let (code, body) = sys
+        .submit(&[("a.jpg", small())], Some(&json!([{"task": "sharpen"}])))
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown task \"sharpen\""),
+        "{body}"
+    );
+    let (code, body) = sys
+        .submit(
+            &[("a.jpg", small())],
+            Some(&json!([{"task": "watermark", "opacity": -1}])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("opacity"),
+        "{body}"
+    );
+    let (code, body) = sys.submit(&[], None).await.unwrap();
+    assert_eq!(code, 400, "{body}");
+
+    let four: Vec<_> = (0..4)
+        .map(|i| (["a.jpg", "b.jpg", "c.jpg", "d.jpg"][i], small()))
+        .collect();
+    let (code, body) = sys.submit(&four, None).await.unwrap();
+    assert_eq!(code, 413);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_FILES_PER_BATCH"),
+        "{body}"
+    );
+
+    let big = photo_jpeg(700, 700, 3);
+    assert!(big.len() > 20_000);
+    let (code, body) = sys
+        .submit(
+            &[
+                ("big.jpg", big.clone()),
+                ("b.jpg", big.clone()),
+                ("c.jpg", big.clone()),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 413, "over MAX_BATCH_BYTES: {body}");
+
+    // Refused requests leave no rows and no objects.
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(batches, 0);
+    assert_eq!(sys.objects().await.unwrap(), Vec::<String>::new());
+
+    // One file over MAX_FILE_BYTES fails alone; the other is processed.
+    let id = sys
+        .submit_ok(&[("big.jpg", big), ("ok.jpg", small())], None)
+        .await
+        .unwrap();
+    let status = sys.wait_final(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status["status"], "done");
+    assert_eq!(status["images"][0]["status"], "failed");
+    assert!(
+        status["images"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_FILE_BYTES"),
+        "{status}"
+    );
+    assert_eq!(status["images"][1]["status"], "done");
+    let objects = sys.objects().await.unwrap();
+    assert!(
+        !objects
+            .iter()
+            .any(|k| k.contains("/in/") && objects.len() > 3),
+        "{objects:?}"
+    );
+    assert_eq!(
+        objects.len(),
+        3,
+        "the refused file was not stored: {objects:?}"
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_tasks_and_unknown_batches() {
+    let sys = System::start("api", Options::default().workers(&[]))
+        .await
+        .expect("system starts");
+    let res = sys.http.get(sys.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ready: serde_json::Value = sys
+        .http
+        .get(sys.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"postgres": "ok", "redis": "ok", "s3": "ok"}));
+
+    let tasks: serde_json::Value = sys
+        .http
+        .get(sys.url("/api/tasks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<_> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["watermark", "resize", "grayscale"]);
+    let opacity = tasks["tasks"][0]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "opacity")
+        .unwrap();
+    assert_eq!(opacity["type"], "float");
+    assert_eq!(opacity["default"], 0.5);
+    assert_eq!(opacity["min"], 0.0);
+    assert_eq!(opacity["max"], 1.0);
+
+    for id in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".into()] {
+        let (code, body) = sys.status(&id).await.unwrap();
+        assert_eq!(code, 404, "{body}");
+        let page = sys
+            .http
+            .get(sys.url(&format!("/batches/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 404);
+    }
+    // With no worker running, a batch waits in `queued`; the zip is not offered yet.
+    let id = sys
+        .submit_ok(&[("a.jpg", flat_jpeg(10, 10, [0, 0, 0]))], None)
+        .await
+        .unwrap();
+    let (code, body) = sys.status(&id).await.unwrap();
+    assert_eq!((code, body["status"].as_str()), (200, Some("queued")));
+    let (code, _) = sys.download(&id).await.unwrap();
+    assert_eq!(code, 409);
+    sys.shutdown().await;
+}
