@@ -82,12 +82,15 @@ impl Queues {
         }
     }
 
+    /// A worker that has just finished a job sometimes waits for its next heartbeat before it
+    /// fetches again, so the heartbeat is short (1 s); a worker is considered dead, and its jobs
+    /// handed to others, after 30 missed heartbeats.
     fn config(queue: &str, batch_size: usize) -> Config {
         Config::default()
             .queue(queue)
             .batch_size(batch_size.max(1))
-            .heartbeat_interval(std::time::Duration::from_secs(5))
-            .missed_heartbeats(6)
+            .heartbeat_interval(std::time::Duration::from_secs(1))
+            .missed_heartbeats(30)
     }
 
     pub fn prefix(&self) -> &str {

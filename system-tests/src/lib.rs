@@ -31,13 +31,18 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Builds `web` and `worker` once per test process (a no-op when they are up to date) and
-/// returns the folder holding them.
+/// returns the folder holding them. `WM_PROFILE=release` uses release builds (benchmarks).
 pub fn binaries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        let release = std::env::var("WM_PROFILE").is_ok_and(|p| p == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec!["build", "--workspace", "--bins"];
+        if release {
+            args.push("--release");
+        }
         let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bins"])
+            .args(&args)
             .current_dir(workspace_root())
             .status()
             .expect("cargo runs");
@@ -45,7 +50,7 @@ pub fn binaries() -> &'static Path {
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| workspace_root().join("target"));
-        target.join("debug")
+        target.join(if release { "release" } else { "debug" })
     })
 }
 

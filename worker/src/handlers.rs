@@ -49,7 +49,6 @@ pub async fn run_monitor(
         .register(move |run| {
             WorkerBuilder::new(format!("{archive_name}-{run}"))
                 .backend(archive_ctx.queues.archive_backend().poll_with_interval(poll))
-                .concurrency(1)
                 .data(archive_ctx.clone())
                 .build(build_archive)
         })
@@ -146,7 +145,7 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<ImageOutcome, B
     ctx.storage
         .put(&key, output.bytes.into(), output.format.mime())
         .await?;
-    tracing::debug!(image = %work.image, ms = started.elapsed().as_millis() as u64, "image processed");
+    tracing::debug!(batch = %work.batch, image = %work.image, ms = started.elapsed().as_millis() as u64, "image processed");
     Ok(ImageOutcome::Done {
         output_format: output.format.as_str().to_owned(),
         output_bytes: size,
