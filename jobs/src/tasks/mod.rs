@@ -9,16 +9,21 @@ use image::DynamicImage;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-mod grayscale;
-mod resize;
-pub mod watermark;
+/// Declares each task's module and lists it in [`REGISTRY`], in the order the form shows them.
+macro_rules! register_tasks {
+    ($($module:ident :: $task:ident),* $(,)?) => {
+        $(mod $module;)*
+        /// Every task the system knows, in the order the form shows them.
+        pub static REGISTRY: &[&dyn ImageTask] = &[$(&$module::$task),*];
+    };
+}
 
-/// Every task the system knows, in the order the form shows them. Register a new task here.
-pub static REGISTRY: &[&dyn ImageTask] = &[
-    &watermark::Watermark,
-    &resize::Resize,
-    &grayscale::Grayscale,
-];
+// Register a new task here: one line, `file_name::TypeName`.
+register_tasks! {
+    watermark::Watermark,
+    resize::Resize,
+    grayscale::Grayscale,
+}
 
 /// The pipeline a batch gets when it names none: the watermark with its defaults.
 pub fn default_pipeline() -> Pipeline {
