@@ -82,6 +82,15 @@ start_postgres() {
   user="$(id -un)"
   [ "$(id -u)" = 0 ] && user=postgres
   pgrun() { if [ "$user" = "$(id -un)" ]; then "$@"; else runuser -u "$user" -- "$@"; fi; }
+  # As root, Postgres runs as the postgres user, who may not reach a checkout under /root:
+  # then its files live under /var/tmp, one folder per state folder.
+  mkdir -p "$STATE"
+  if [ "$user" != "$(id -un)" ] && ! runuser -u "$user" -- test -x "$STATE"; then
+    local alt
+    alt="/var/tmp/watermark-$(printf %s "$STATE" | md5sum | cut -c1-12)"
+    mkdir -p "$alt"; chmod 755 "$alt"
+    data="$alt/pg"; run="$alt/pg-run"
+  fi
   if PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'select 1' >/dev/null 2>&1; then
     return 0
   fi
@@ -89,10 +98,12 @@ start_postgres() {
   if [ ! -f "$data/PG_VERSION" ]; then
     say "creating a Postgres cluster in $data"
     mkdir -p "$data"
-    printf '%s\n' "$PG_PASSWORD" > "$STATE/pg-pw"
-    [ "$user" = "$(id -un)" ] || chown -R "$user" "$data" "$run" "$STATE/pg-pw"
-    pgrun "$bin/initdb" -D "$data" -U watermark --pwfile="$STATE/pg-pw" --auth=scram-sha-256 -E UTF8 >/dev/null
-    rm -f "$STATE/pg-pw"
+    local pw="$run/initial-password"
+    (umask 077; printf '%s\n' "$PG_PASSWORD" > "$pw")
+    [ "$user" = "$(id -un)" ] || chown -R "$user" "$data" "$run"
+    pgrun "$bin/initdb" -D "$data" -U watermark --pwfile="$pw" --auth=scram-sha-256 -E UTF8 >/dev/null \
+      || { rm -f "$pw"; die "initdb failed in $data"; }
+    rm -f "$pw"
   fi
   [ "$user" = "$(id -un)" ] || chown -R "$user" "$run"
   say "starting Postgres on 127.0.0.1:$PG_PORT"
