@@ -9,6 +9,7 @@ pub mod maintenance;
 pub mod names;
 pub mod pipeline;
 pub mod queue;
+pub mod signals;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;

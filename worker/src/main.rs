@@ -115,33 +115,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         concurrency,
         Duration::from_millis(cli.poll_interval_ms),
         Duration::from_secs(cli.shutdown_grace_seconds),
-        shutdown_signal(),
+        async {
+            jobs::signals::shutdown_signal().await;
+            tracing::info!("stop requested: finishing the jobs in hand");
+        },
     )
     .await;
     cron::stop(scheduler).await;
     tracing::info!(worker = %name, "worker stopped");
     result
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("stop requested: finishing the jobs in hand");
 }
