@@ -30,27 +30,26 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds `web` and `worker` once per test process (a no-op when they are up to date) and
-/// returns the folder holding them. `WM_PROFILE=release` uses release builds (benchmarks).
+/// The folder holding the `web` and `worker` binaries: `target/debug` (or `target/release` with
+/// `WM_PROFILE=release`). They are built by `scripts/test` and `scripts/bench` before the tests
+/// run (`cargo build --workspace --bins`); building them from inside a test would run cargo
+/// with the test runner's environment, which makes build scripts and their dependents rebuild.
 pub fn binaries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let release = std::env::var("WM_PROFILE").is_ok_and(|p| p == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut args = vec!["build", "--workspace", "--bins"];
-        if release {
-            args.push("--release");
-        }
-        let status = Command::new(cargo)
-            .args(&args)
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building web and worker failed");
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| workspace_root().join("target"));
-        target.join(if release { "release" } else { "debug" })
+        let dir = target.join(if release { "release" } else { "debug" });
+        for bin in ["web", "worker"] {
+            assert!(
+                dir.join(bin).exists(),
+                "{} is missing: build with `cargo build --workspace --bins` (./scripts/test does)",
+                dir.join(bin).display()
+            );
+        }
+        dir
     })
 }
 
