@@ -297,6 +297,14 @@ impl System {
         Ok((res.status().as_u16(), res.bytes().await?))
     }
 
+    /// `SELECT count(*) …` (or any one-number query) on this system's database.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect("the count query runs")
+    }
+
     /// Every object key in this system's bucket.
     pub async fn objects(&self) -> anyhow::Result<Vec<String>> {
         Ok(self.storage.list("").await?)
