@@ -76,8 +76,8 @@ ensure_secrets() {
   . "$STATE/secrets"
 }
 
-start_postgres() {
-  local bin data run user
+# Sets bin, data, run and user for the Postgres of this state folder, and defines pgrun.
+pg_paths() {
   bin="$(pg_bin)"; data="$STATE/pg"; run="$STATE/pg-run"
   user="$(id -un)"
   [ "$(id -u)" = 0 ] && user=postgres
@@ -91,6 +91,18 @@ start_postgres() {
     mkdir -p "$alt"; chmod 755 "$alt"
     data="$alt/pg"; run="$alt/pg-run"
   fi
+}
+
+# Restarts the running Postgres (fast shutdown: open connections are cut), as the fault tests do.
+restart_postgres() {
+  local bin data run user
+  pg_paths
+  pgrun "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -m fast -w -t 60 restart >/dev/null
+}
+
+start_postgres() {
+  local bin data run user
+  pg_paths
   if PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'select 1' >/dev/null 2>&1; then
     return 0
   fi

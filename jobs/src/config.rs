@@ -71,9 +71,21 @@ pub struct Settings {
     #[arg(long, env = "IMAGE_TIMEOUT_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub image_timeout_seconds: u64,
 
-    /// How many times an image is tried (crashes and transient errors included) before it fails.
-    #[arg(long, env = "MAX_IMAGE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    /// How many attempts at an image may end without an answer (the worker crashed, was killed,
+    /// or the processor hung) before the image fails. Transient errors (storage or database
+    /// unreachable) are retried with backoff and do not count.
+    #[arg(long, env = "MAX_IMAGE_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_image_attempts: u32,
+
+    /// Most image jobs in Redis at once; the rest of a backlog waits in Postgres. Keep it well
+    /// under 8,000 (apalis-redis fails when that many jobs fall due at once).
+    #[arg(long, env = "DISPATCH_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub dispatch_window: u32,
+
+    /// An upload that has made no progress for this many seconds (its `web` died) is failed
+    /// and its files deleted. A live upload reports progress every quarter of this.
+    #[arg(long, env = "UPLOAD_STALE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(4..))]
+    pub upload_stale_seconds: u64,
 
     /// JPEG quality of processed JPEG images (1–100).
     #[arg(long, env = "JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
@@ -98,6 +110,10 @@ impl Settings {
 
     pub fn image_timeout(&self) -> Duration {
         Duration::from_secs(self.image_timeout_seconds)
+    }
+
+    pub fn upload_stale(&self) -> Duration {
+        Duration::from_secs(self.upload_stale_seconds)
     }
 
     pub fn database_url(&self) -> &str {

@@ -104,8 +104,6 @@ pub async fn create_batch(
 /// What became of an upload once it was recorded.
 #[derive(Debug)]
 pub struct Recorded {
-    /// Images that wait for a `ProcessImage` job.
-    pub pending: Vec<ImageId>,
     /// True when no image is left to process (every file was refused): the archive step is next.
     pub complete: bool,
 }
@@ -119,20 +117,18 @@ pub async fn record_upload(
     images: &[NewImage],
 ) -> Result<Recorded, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut pending = Vec::new();
     let mut failed = 0i32;
     for (position, img) in images.iter().enumerate() {
         let status = if img.rejected.is_some() {
             failed += 1;
             ImageStatus::Failed
         } else {
-            pending.push(img.id);
             ImageStatus::Pending
         };
         sqlx::query(
             "INSERT INTO images (id, batch_id, position, name, input_format, input_bytes, status,
-                                 error, enqueued_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(),
+                                 error, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
                      CASE WHEN $7 = 'failed' THEN now() END)",
         )
         .bind(img.id)
@@ -171,7 +167,18 @@ pub async fn record_upload(
         return Err(sqlx::Error::RowNotFound);
     }
     tx.commit().await?;
-    Ok(Recorded { pending, complete })
+    Ok(Recorded { complete })
+}
+
+/// Reports progress on uploads still being received, so the reconciler leaves them alone.
+pub async fn touch_uploads(db: &Db, batches: &[BatchId]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET updated_at = now() WHERE id = ANY($1) AND status = 'uploading'",
+    )
+    .bind(batches)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Deletes a batch that never finished uploading (the request was refused or broke off).
@@ -212,7 +219,17 @@ pub struct ImageWork {
     pub batch: BatchId,
     pub image: ImageId,
     pub pipeline: serde_json::Value,
+    /// Starts of this image so far, this one included.
     pub attempts: i32,
+    /// Earlier starts that ended in a transient error (and so were not the image's fault).
+    pub retries: i32,
+}
+
+impl ImageWork {
+    /// Earlier starts that never came back: the worker crashed, was killed, or hung on it.
+    pub fn lost_attempts(&self) -> i32 {
+        self.attempts - 1 - self.retries
+    }
 }
 
 /// Claims one attempt at a pending image: counts the attempt, moves its batch `queued ->
@@ -225,7 +242,7 @@ pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, s
          FROM batches b
          WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
            AND b.status IN ('queued', 'processing')
-         RETURNING i.batch_id, i.attempts, b.pipeline",
+         RETURNING i.batch_id, i.attempts, i.retries, b.pipeline",
     )
     .bind(image)
     .fetch_optional(&mut *tx)
@@ -248,6 +265,7 @@ pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, s
         image,
         pipeline: row.try_get("pipeline")?,
         attempts: row.try_get("attempts")?,
+        retries: row.try_get("retries")?,
     }))
 }
 
@@ -402,27 +420,46 @@ pub async fn mark_failed(
     Ok(r.rows_affected() == 1)
 }
 
-/// Finished batches whose TTL has run out, oldest first.
-pub async fn expired_batches(db: &Db, limit: i64) -> Result<Vec<BatchId>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM batches WHERE status IN ('done', 'failed') AND expires_at <= now()
-         ORDER BY expires_at LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(db)
-    .await
+/// A batch being purged: its row stays locked until [`finish_purge`], so that no other replica
+/// purges it at the same time.
+pub struct Purge {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub batch: BatchId,
 }
 
-/// `done|failed -> expired`, once the batch's objects are deleted. False if it was not due.
-pub async fn mark_expired(db: &Db, batch: BatchId) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE batches SET status = 'expired', expired_at = now(), updated_at = now()
-         WHERE id = $1 AND status IN ('done', 'failed') AND expires_at <= now()",
+/// Locks the finished batch whose TTL ran out first (skipping `skip` and any batch another
+/// replica is purging) and counts one purge of it (`batches.purge_runs`).
+pub async fn begin_purge(db: &Db, skip: &[BatchId]) -> Result<Option<Purge>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let batch: Option<BatchId> = sqlx::query_scalar(
+        "UPDATE batches SET purge_runs = purge_runs + 1
+         WHERE id = (SELECT id FROM batches
+                     WHERE status IN ('done', 'failed') AND expires_at <= now()
+                       AND NOT (id = ANY($1))
+                     ORDER BY expires_at LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+         RETURNING id",
     )
-    .bind(batch)
-    .execute(db)
+    .bind(skip)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(batch.map(|batch| Purge { tx, batch }))
+}
+
+/// Ends a purge: `done|failed -> expired` once its objects are deleted (`deleted`), or only
+/// keeps the count when they could not all be deleted (the next purge tries again).
+pub async fn finish_purge(purge: Purge, deleted: bool) -> Result<(), sqlx::Error> {
+    let mut tx = purge.tx;
+    if deleted {
+        sqlx::query(
+            "UPDATE batches SET status = 'expired', expired_at = now(), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(purge.batch)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// Claims one tick of a cron job for this replica: true for exactly one caller per tick.
@@ -453,30 +490,18 @@ pub async fn forget_ticks(db: &Db, age: Duration) -> Result<u64, sqlx::Error> {
     Ok(r.rows_affected())
 }
 
-/// Pending images whose job was enqueued longer than `stale` ago (Redis lost it, or it waits
-/// behind a crash): marks them enqueued now and returns them for re-enqueueing.
-pub async fn requeue_stale_images(
-    db: &Db,
-    stale: Duration,
-    limit: i64,
-) -> Result<Vec<(BatchId, ImageId)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "UPDATE images SET enqueued_at = now()
-         WHERE id IN (
-             SELECT i.id FROM images i JOIN batches b ON b.id = i.batch_id
-             WHERE i.status = 'pending' AND b.status IN ('queued', 'processing')
-               AND i.enqueued_at < now() - make_interval(secs => $1)
-             ORDER BY i.enqueued_at LIMIT $2
-             FOR UPDATE OF i SKIP LOCKED)
-         RETURNING batch_id, id",
+/// Pending images whose job went to Redis longer than `stale` ago (Redis lost it, or it waits
+/// behind a crash): hands them back to the dispatcher, which enqueues them again. Returns how
+/// many.
+pub async fn release_stale_images(db: &Db, stale: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE images SET enqueued_at = NULL
+         WHERE status = 'pending' AND enqueued_at < now() - make_interval(secs => $1)",
     )
     .bind(stale.as_secs_f64())
-    .bind(limit)
-    .fetch_all(db)
+    .execute(db)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("batch_id")?, r.try_get("id")?)))
-        .collect()
+    Ok(r.rows_affected())
 }
 
 /// Batches that are complete (every image done or failed) but have had no archive for `stale`:
@@ -494,8 +519,8 @@ pub async fn requeue_stale_archives(db: &Db, stale: Duration) -> Result<Vec<Batc
     .await
 }
 
-/// Uploads that broke off (`uploading` for longer than `stale`): marks them failed and returns
-/// them so their objects can be deleted.
+/// Uploads that broke off (`uploading` with no progress reported for `stale`: the `web` that
+/// received them died): marks them failed and returns them so their objects can be deleted.
 pub async fn fail_stale_uploads(
     db: &Db,
     stale: Duration,
@@ -505,7 +530,7 @@ pub async fn fail_stale_uploads(
         "UPDATE batches SET status = 'failed', error = 'the upload was interrupted',
                 finished_at = now(), expires_at = now() + make_interval(secs => $2),
                 updated_at = now()
-         WHERE status = 'uploading' AND created_at < now() - make_interval(secs => $1)
+         WHERE status = 'uploading' AND updated_at < now() - make_interval(secs => $1)
          RETURNING id",
     )
     .bind(stale.as_secs_f64())
@@ -520,17 +545,41 @@ pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Remembers the last transient error of a pending image, for the reason shown if it gives up.
-pub async fn note_image_error(db: &Db, image: ImageId, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE images SET error = $2 WHERE id = $1 AND status = 'pending'")
-        .bind(image)
-        .bind(error)
-        .execute(db)
-        .await?;
+/// Remembers the last problem of a pending image (the reason shown if it gives up). A
+/// `transient` problem (storage or database unreachable) counts the attempt as a retry, which is
+/// not held against the image; any other counts as a lost attempt.
+pub async fn note_image_error(
+    db: &Db,
+    image: ImageId,
+    error: &str,
+    transient: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE images SET error = $2, retries = retries + CASE WHEN $3 THEN 1 ELSE 0 END
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(image)
+    .bind(error)
+    .bind(transient)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-/// The last transient error noted for a pending image.
+/// Hands images this worker held back to the dispatcher when it stops before finishing them;
+/// their attempts count as retries, not against the images.
+pub async fn hand_back(db: &Db, images: &[ImageId]) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE images SET enqueued_at = NULL, retries = retries + 1
+         WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(images)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// The last problem noted for a pending image.
 pub async fn image_error(db: &Db, image: ImageId) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT error FROM images WHERE id = $1")
         .bind(image)

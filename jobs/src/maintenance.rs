@@ -2,11 +2,10 @@
 //! expired) and the reconciler (repair what a crash or a lost Redis left behind). Both are
 //! idempotent; the worker runs each tick on exactly one replica (see `db::claim_tick`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::db::{self, Db};
-use crate::domain::{keys, BatchId, ImageId};
+use crate::domain::keys;
 use crate::queue::Queues;
 use crate::storage::Storage;
 
@@ -17,31 +16,27 @@ pub struct PurgeReport {
     pub objects: usize,
 }
 
-/// Deletes the objects of every batch whose TTL has run out and marks it expired. A batch whose
-/// objects could not all be deleted stays as it is and is tried again next time.
+/// Deletes the objects of every batch whose TTL has run out and marks it expired. Each batch is
+/// locked while it is purged, so replicas that purge at the same moment never purge the same
+/// batch. A batch whose objects could not all be deleted stays as it is and is tried again on
+/// the next run.
 pub async fn purge(db: &Db, storage: &Storage) -> anyhow::Result<PurgeReport> {
     let mut report = PurgeReport::default();
-    loop {
-        let due = db::expired_batches(db, 100).await?;
-        if due.is_empty() {
-            break;
-        }
-        let mut progressed = false;
-        for batch in &due {
-            match storage.delete_prefix(&keys::batch_prefix(*batch)).await {
-                Ok(n) => {
-                    if db::mark_expired(db, *batch).await? {
-                        report.batches += 1;
-                        report.objects += n;
-                        progressed = true;
-                        tracing::info!(%batch, objects = n, "purged an expired batch");
-                    }
-                }
-                Err(e) => tracing::warn!(%batch, error = %e, "could not purge a batch; will retry"),
+    let mut failed = Vec::new();
+    while let Some(purge) = db::begin_purge(db, &failed).await? {
+        let batch = purge.batch;
+        match storage.delete_prefix(&keys::batch_prefix(batch)).await {
+            Ok(n) => {
+                db::finish_purge(purge, true).await?;
+                report.batches += 1;
+                report.objects += n;
+                tracing::info!(%batch, objects = n, "purged an expired batch");
             }
-        }
-        if !progressed || due.len() < 100 {
-            break;
+            Err(e) => {
+                db::finish_purge(purge, false).await?;
+                failed.push(batch);
+                tracing::warn!(%batch, error = %e, "could not purge a batch; will retry");
+            }
         }
     }
     Ok(report)
@@ -58,7 +53,7 @@ pub struct ReconcileReport {
 /// Thresholds of the reconciler.
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileSettings {
-    /// A pending image enqueued longer ago than this is enqueued again; a complete batch without
+    /// A pending image whose job went to Redis longer ago than this is enqueued again; a complete batch without
     /// an archive for this long gets an archive job again.
     pub stale_after: Duration,
     /// An upload that has not finished after this long is failed and its objects deleted.
@@ -74,15 +69,13 @@ pub async fn reconcile(
 ) -> anyhow::Result<ReconcileReport> {
     let mut report = ReconcileReport::default();
 
-    let stale = db::requeue_stale_images(db, settings.stale_after, 5000).await?;
-    let mut by_batch: BTreeMap<BatchId, Vec<ImageId>> = BTreeMap::new();
-    for (batch, image) in stale {
-        by_batch.entry(batch).or_default().push(image);
-    }
-    for (batch, images) in by_batch {
-        queues.enqueue_images(batch, &images).await?;
-        report.images_requeued += images.len();
-        tracing::warn!(%batch, images = images.len(), "re-enqueued stale images");
+    let released = db::release_stale_images(db, settings.stale_after).await?;
+    if released > 0 {
+        report.images_requeued = released as usize;
+        tracing::warn!(
+            images = released,
+            "handed stale image jobs back to the dispatcher"
+        );
     }
 
     for batch in db::requeue_stale_archives(db, settings.stale_after).await? {

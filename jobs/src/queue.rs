@@ -8,6 +8,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BatchId, ImageId};
 
+/// Removes finished jobs: ids popped from the done and dead sets lose their data field, their
+/// result field and their metadata hash (the same keys apalis-redis's `vacuum.lua` removes, but
+/// only for jobs that can never run again).
+const TRIM_SCRIPT: &str = r#"
+local max = tonumber(ARGV[1])
+local deleted = 0
+for _, set in ipairs({KEYS[1], KEYS[2]}) do
+    local ids = redis.call('SPOP', set, max)
+    for _, id in ipairs(ids) do
+        redis.call('HDEL', KEYS[3], id)
+        redis.call('HDEL', KEYS[4] .. ':result', id)
+        redis.call('DEL', KEYS[4] .. ':' .. id)
+        deleted = deleted + 1
+    end
+end
+return deleted
+"#;
+
 /// Version of the payloads below; a worker refuses (and logs) payloads of another version.
 pub const PAYLOAD_VERSION: u16 = 1;
 
@@ -25,6 +43,9 @@ pub struct BuildArchive {
     pub v: u16,
     pub batch: BatchId,
 }
+
+/// Heartbeats (of 1 s) a worker may miss before its jobs are handed to other workers.
+pub const MISSED_HEARTBEATS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[error("queue: {0}")]
@@ -84,13 +105,14 @@ impl Queues {
 
     /// A worker that has just finished a job sometimes waits for its next heartbeat before it
     /// fetches again, so the heartbeat is short (1 s); a worker is considered dead, and its jobs
-    /// handed to others, after 30 missed heartbeats.
+    /// handed to others, after [`MISSED_HEARTBEATS`] missed heartbeats. Image work runs outside
+    /// the async runtime, so a busy worker still beats on time.
     fn config(queue: &str, batch_size: usize) -> Config {
         Config::default()
             .queue(queue)
             .batch_size(batch_size.max(1))
             .heartbeat_interval(std::time::Duration::from_secs(1))
-            .missed_heartbeats(30)
+            .missed_heartbeats(MISSED_HEARTBEATS)
     }
 
     pub fn prefix(&self) -> &str {
@@ -146,8 +168,65 @@ impl Queues {
             .map_err(QueueError::from_sink)
     }
 
-    /// Answers when Redis does (for `/readyz`).
+    /// The key whose absence tells that Redis lost its data (a restart without persistence, a
+    /// `FLUSHALL`, a failover to an empty replica): see `dispatch`.
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// True when the epoch key is present: Redis still holds what was pushed since it was set.
+    pub async fn epoch_present(&self) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(self.epoch_key())
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| QueueError(format!("Redis does not answer: {e}")))
+    }
+
+    pub async fn set_epoch(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.epoch_key())
+            .arg(uuid::Uuid::new_v4().to_string())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| QueueError(format!("Redis does not answer: {e}")))
+    }
+
+    /// Deletes up to `max` finished jobs (done or dead) of each queue, with their data and
+    /// metadata. apalis-redis keeps every job forever; Postgres already holds each image's
+    /// outcome, so nothing is lost. Returns how many jobs were deleted.
+    pub async fn trim_finished(&self, max: usize) -> Result<usize, QueueError> {
+        let script = redis::Script::new(TRIM_SCRIPT);
+        let mut deleted = 0;
+        for queue in [image_queue(&self.prefix), archive_queue(&self.prefix)] {
+            let mut conn = self.conn.clone();
+            let n: usize = script
+                .key(format!("{queue}:done"))
+                .key(format!("{queue}:dead"))
+                .key(format!("{queue}:data"))
+                .key(format!("{queue}:meta"))
+                .arg(max)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| QueueError(format!("cannot trim finished jobs: {e}")))?;
+            deleted += n;
+        }
+        Ok(deleted)
+    }
+
+    /// Answers when Redis does (for `/readyz`). The connection notices a Redis restart only when
+    /// a command fails on the old socket, and reconnects then: so one failure is retried once.
     pub async fn ping(&self) -> Result<(), QueueError> {
+        match self.ping_once().await {
+            Ok(()) => Ok(()),
+            Err(_) => self.ping_once().await,
+        }
+    }
+
+    async fn ping_once(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let pong: String = redis::cmd("PING")
             .query_async(&mut conn)

@@ -378,7 +378,45 @@ impl Storage {
                 });
             }
         }
+        self.abort_uploads(prefix).await?;
         Ok(keys.len())
+    }
+
+    /// Aborts the unfinished multipart uploads under `prefix` (left by a `web` that died in the
+    /// middle of a file): they are invisible in listings but hold storage until aborted.
+    pub async fn abort_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        let mut aborted = 0;
+        loop {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .map_err(|e| classify("list uploads", e))?;
+            let uploads = out.uploads();
+            if uploads.is_empty() {
+                return Ok(aborted);
+            }
+            for upload in uploads {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("abort upload", e))?;
+                aborted += 1;
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+        }
     }
 
     async fn create_multipart(

@@ -15,7 +15,11 @@ use jobs::storage::{Storage, StorageConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 
+pub mod checks;
+pub mod faults;
 pub mod images;
+
+use faults::{PrivateRedis, TcpProxy};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -60,6 +64,10 @@ pub struct Options {
     pub workers: Vec<String>,
     /// Extra environment for every process (`RESULT_TTL_SECONDS`, limits, schedules...).
     pub env: Vec<(String, String)>,
+    /// A Redis of this system's own, which the test may flush or restart.
+    pub own_redis: bool,
+    /// Reach S3 through a proxy the test can cut ([`System::s3_proxy`]).
+    pub proxy_s3: bool,
 }
 
 impl Default for Options {
@@ -67,6 +75,8 @@ impl Default for Options {
         Self {
             workers: vec!["worker-a".into()],
             env: Vec::new(),
+            own_redis: false,
+            proxy_s3: false,
         }
     }
 }
@@ -74,6 +84,16 @@ impl Default for Options {
 impl Options {
     pub fn workers(mut self, names: &[&str]) -> Self {
         self.workers = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn own_redis(mut self) -> Self {
+        self.own_redis = true;
+        self
+    }
+
+    pub fn proxy_s3(mut self) -> Self {
+        self.proxy_s3 = true;
         self
     }
 
@@ -94,11 +114,13 @@ pub struct System {
     web: Option<Child>,
     workers: Vec<(String, Child)>,
     logs: PathBuf,
+    redis: Option<PrivateRedis>,
+    s3_proxy: Option<TcpProxy>,
 }
 
 impl System {
     pub async fn start(name: &str, options: Options) -> anyhow::Result<Self> {
-        let bins = binaries();
+        binaries(); // fail early when they are missing
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let unique = format!(
             "{stamp}_{}",
@@ -140,8 +162,28 @@ impl System {
             .join("target/system-tests")
             .join(format!("{name}-{unique}"));
         std::fs::create_dir_all(&logs)?;
+        let redis = if options.own_redis {
+            let redis = PrivateRedis::start(logs.join("redis.log")).await?;
+            vars.insert("REDIS_URL".into(), redis.url());
+            Some(redis)
+        } else {
+            None
+        };
+        let s3_direct = vars["S3_ENDPOINT"].clone();
+        let s3_proxy = if options.proxy_s3 {
+            let upstream = s3_direct
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .context("S3_ENDPOINT as http://ip:port")?;
+            let proxy = TcpProxy::start(upstream).await?;
+            vars.insert("S3_ENDPOINT".into(), format!("http://{}", proxy.addr));
+            Some(proxy)
+        } else {
+            None
+        };
         let storage = Storage::from_config(StorageConfig {
-            endpoint: Some(vars["S3_ENDPOINT"].clone()),
+            endpoint: Some(s3_direct),
             region: vars["S3_REGION"].clone(),
             bucket: bucket.clone(),
             access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
@@ -165,22 +207,26 @@ impl System {
             web: None,
             workers: Vec::new(),
             logs,
+            redis,
+            s3_proxy,
         };
-        system.start_web(bins).await?;
+        system.start_web().await?;
         for worker in &options.workers {
             system.start_worker(worker)?;
         }
         Ok(system)
     }
 
-    async fn start_web(&mut self, bins: &Path) -> anyhow::Result<()> {
-        let mut child = Command::new(bins.join("web"))
+    /// Starts `web` (again, after [`System::kill_web`]) and waits until it listens.
+    pub async fn start_web(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(binaries().join("web"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
             .env("PORT", "0")
             .stdout(Stdio::piped())
             .stderr(log_file(&self.logs, "web")?)
+            .env("RUST_LOG", "info")
             .spawn()
             .context("start web")?;
         let stdout = child.stdout.take().context("web stdout")?;
@@ -213,6 +259,7 @@ impl System {
             .stderr(log_file(&self.logs, name)?)
             .spawn()
             .context("start worker")?;
+        self.workers.retain(|(n, _)| n != name);
         self.workers.push((name.into(), child));
         Ok(())
     }
@@ -331,6 +378,91 @@ impl System {
             let _ = web.wait();
         }
     }
+
+    /// Kills `web` with SIGKILL.
+    pub fn kill_web(&mut self) {
+        if let Some(mut web) = self.web.take() {
+            let _ = web.kill();
+            let _ = web.wait();
+        }
+    }
+
+    /// Kills the worker `name` with SIGKILL.
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some(i) = self.workers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.workers.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM to the worker `name` (as `docker stop` does) and waits for it to exit, at
+    /// most `limit`: its exit status and how long it took, or an error if it did not exit.
+    pub async fn terminate_worker(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let i = self
+            .workers
+            .iter()
+            .position(|(n, _)| n == name)
+            .context("no such worker")?;
+        let (_, mut child) = self.workers.remove(i);
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: sending a signal to a child process we own.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("worker {name} did not exit within {limit:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Each worker's name and whether its process is still running.
+    pub fn workers_alive(&mut self) -> Vec<(String, bool)> {
+        self.workers
+            .iter_mut()
+            .map(|(name, child)| (name.clone(), matches!(child.try_wait(), Ok(None))))
+            .collect()
+    }
+
+    /// This system's private Redis (started with [`Options::own_redis`]).
+    pub fn redis(&mut self) -> &mut PrivateRedis {
+        self.redis
+            .as_mut()
+            .expect("started with Options::own_redis")
+    }
+
+    /// The proxy between this system and S3 (started with [`Options::proxy_s3`]).
+    pub fn s3_proxy(&self) -> &TcpProxy {
+        self.s3_proxy
+            .as_ref()
+            .expect("started with Options::proxy_s3")
+    }
+
+    /// The queue prefix of this system in Redis.
+    pub fn queue_prefix(&self) -> &str {
+        &self.env["QUEUE_PREFIX"]
+    }
+
+    /// A connection to this system's Redis.
+    pub async fn redis_connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.env["REDIS_URL"].as_str())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// The process ids of the worker processes, in the order they were started.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|(_, child)| child.id()).collect()
+    }
 }
 
 impl Drop for System {
@@ -355,6 +487,24 @@ fn replace_db(url: &str, db: &str) -> String {
         Some(q) => format!("{base}/{db}?{q}"),
         None => format!("{base}/{db}"),
     }
+}
+
+/// Restarts the Postgres every test uses (`scripts/lib.sh`'s `restart_postgres`: a fast
+/// shutdown that cuts every connection, then a start). Only for tests that run alone in their
+/// test binary.
+pub fn restart_postgres() -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(". \"$1/scripts/lib.sh\" && restart_postgres")
+        .arg("restart")
+        .arg(workspace_root())
+        .status()
+        .context("run restart_postgres")?;
+    if !status.success() {
+        bail!("restart_postgres failed: {status}");
+    }
+    Ok(started.elapsed())
 }
 
 /// Drops test databases left by runs more than an hour old.

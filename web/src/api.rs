@@ -1,7 +1,5 @@
 //! The JSON API: submit a batch, follow it, list the tasks; and the health checks.
 
-use std::time::Duration;
-
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -142,24 +140,20 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: 200 when Postgres, Redis and S3 all answer; 503 naming the ones that do not.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let limit = Duration::from_secs(2);
-    let (pg, redis, s3) = tokio::join!(
-        tokio::time::timeout(limit, jobs::db::ping(&state.db)),
-        tokio::time::timeout(limit, state.queues.ping()),
-        tokio::time::timeout(limit, state.storage.ping()),
-    );
+    let probe = state.probe().await;
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let pg = matches!(pg, Ok(Ok(())));
-    let redis = matches!(redis, Ok(Ok(())));
-    let s3 = matches!(s3, Ok(Ok(())));
-    let status = if pg && redis && s3 {
+    let status = if probe.all_up() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({ "postgres": verdict(pg), "redis": verdict(redis), "s3": verdict(s3) })),
+        Json(json!({
+            "postgres": verdict(probe.postgres),
+            "redis": verdict(probe.redis),
+            "s3": verdict(probe.s3),
+        })),
     )
         .into_response()
 }

@@ -1,8 +1,9 @@
 //! Application state and the router.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
@@ -13,6 +14,7 @@ use tower_http::trace::TraceLayer;
 use jobs::db::Db;
 use jobs::queue::Queues;
 use jobs::storage::Storage;
+use jobs::BatchId;
 
 use crate::{api, pages};
 
@@ -22,23 +24,114 @@ pub struct AppState {
     pub storage: Storage,
     pub queues: Queues,
     pub settings: Arc<jobs::Settings>,
+    /// Batches this process is receiving right now (their progress is reported to Postgres).
+    pub uploads: Uploads,
 }
 
 impl AppState {
+    /// Connects to Postgres and Redis, waiting for them when they are not up yet.
     pub async fn connect(settings: jobs::Settings) -> anyhow::Result<Self> {
-        let db = jobs::db::connect(settings.database_url())
-            .await
-            .context("cannot reach Postgres (DATABASE_URL)")?;
-        let queues = Queues::connect(settings.redis_url(), &settings.queue_prefix)
-            .await
-            .context("cannot reach Redis (REDIS_URL)")?;
+        let db = jobs::wait_for("Postgres (DATABASE_URL)", || {
+            jobs::db::connect(settings.database_url())
+        })
+        .await;
+        let queues = jobs::wait_for("Redis (REDIS_URL)", || {
+            Queues::connect(settings.redis_url(), &settings.queue_prefix)
+        })
+        .await;
         let storage = Storage::new(&settings);
         Ok(Self {
             db,
             storage,
             queues,
             settings: Arc::new(settings),
+            uploads: Uploads::default(),
         })
+    }
+
+    /// Asks Postgres, Redis and S3 whether they answer (each within 2 s).
+    pub async fn probe(&self) -> Probe {
+        let limit = Duration::from_secs(2);
+        let (pg, redis, s3) = tokio::join!(
+            tokio::time::timeout(limit, jobs::db::ping(&self.db)),
+            tokio::time::timeout(limit, self.queues.ping()),
+            tokio::time::timeout(limit, self.storage.ping()),
+        );
+        Probe {
+            postgres: matches!(pg, Ok(Ok(()))),
+            redis: matches!(redis, Ok(Ok(()))),
+            s3: matches!(s3, Ok(Ok(()))),
+        }
+    }
+
+    /// Reports progress on the uploads in hand every quarter of UPLOAD_STALE_SECONDS, so that
+    /// the reconciler fails only the uploads of a `web` that died.
+    pub async fn report_uploads(self) {
+        let every = self.settings.upload_stale() / 4;
+        loop {
+            tokio::time::sleep(every).await;
+            let batches = self.uploads.batches();
+            if batches.is_empty() {
+                continue;
+            }
+            if let Err(e) = jobs::db::touch_uploads(&self.db, &batches).await {
+                tracing::warn!(error = %e, "cannot report upload progress");
+            }
+        }
+    }
+}
+
+/// Which dependencies answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub postgres: bool,
+    pub redis: bool,
+    pub s3: bool,
+}
+
+impl Probe {
+    pub fn all_up(&self) -> bool {
+        self.postgres && self.redis && self.s3
+    }
+
+    /// "Redis and S3", say; empty when all are up.
+    pub fn down(&self) -> String {
+        let down: Vec<&str> = [
+            (self.postgres, "the database (Postgres)"),
+            (self.redis, "the job queue (Redis)"),
+            (self.s3, "file storage (S3)"),
+        ]
+        .into_iter()
+        .filter_map(|(up, name)| (!up).then_some(name))
+        .collect();
+        match down.as_slice() {
+            [] => String::new(),
+            [one] => (*one).to_owned(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+}
+
+/// The set of batches being received by this process.
+#[derive(Clone, Default)]
+pub struct Uploads(Arc<Mutex<HashSet<BatchId>>>);
+
+impl Uploads {
+    pub fn add(&self, batch: BatchId) {
+        self.0.lock().expect("not poisoned").insert(batch);
+    }
+
+    pub fn remove(&self, batch: BatchId) {
+        self.0.lock().expect("not poisoned").remove(&batch);
+    }
+
+    fn batches(&self) -> Vec<BatchId> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect()
     }
 }
 

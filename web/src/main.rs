@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("cannot create the S3 bucket (S3_BUCKET)")?;
     }
+    tokio::spawn(state.clone().report_uploads());
     let router = app::router(state);
     let addr = SocketAddr::new(cli.host, cli.port);
     let listener = tokio::net::TcpListener::bind(addr)

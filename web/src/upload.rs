@@ -38,9 +38,20 @@ struct Choices {
 }
 
 pub async fn receive(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
+    // Refuse up front, before reading a byte, when something the batch needs is down.
+    let probe = state.probe().await;
+    if !probe.all_up() {
+        tracing::warn!(down = %probe.down(), "refusing a submission");
+        return Err(AppError::Unavailable(format!(
+            "{} is unavailable right now, so nothing was accepted; please try again in a minute",
+            capitalise(&probe.down())
+        )));
+    }
     let batch = BatchId::new();
     let mut created = false;
+    state.uploads.add(batch);
     let result = receive_into(state, batch, &mut created, &mut multipart).await;
+    state.uploads.remove(batch);
     if result.is_err() && created {
         // Nothing of a refused or broken upload stays behind.
         if let Err(e) = state
@@ -112,10 +123,12 @@ async fn receive_into(
     }
     let pipeline = choices.pipeline()?.to_json();
     let recorded = db::record_upload(&state.db, batch, &pipeline, &files).await?;
-    // Committed: from here on the batch cannot be lost. Should Redis fail now, the reconciler
-    // enqueues its images later.
-    if let Err(e) = state.queues.enqueue_images(batch, &recorded.pending).await {
-        tracing::warn!(%batch, error = %e, "could not enqueue; the reconciler will");
+    // Committed: from here on the batch cannot be lost. Its images wait in Postgres until a
+    // dispatcher sends them to Redis: this one now, or the workers' should Redis fail now.
+    if let Err(e) =
+        jobs::dispatch::dispatch(&state.db, &state.queues, settings.dispatch_window).await
+    {
+        tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }
     let status = if recorded.complete {
         if let Err(e) = state.queues.enqueue_archive(batch).await {
@@ -333,6 +346,14 @@ fn too_large_batch(limit: u64) -> AppError {
         "the upload is larger than the limit of {} per batch (MAX_BATCH_BYTES)",
         human_bytes(limit)
     ))
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 fn bad_body(e: MultipartError) -> AppError {

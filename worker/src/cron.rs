@@ -14,7 +14,7 @@ pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let reconcile = jobs::maintenance::ReconcileSettings {
         stale_after: Duration::from_secs(cli.reconcile_after_seconds),
-        upload_stale_after: Duration::from_secs(cli.upload_stale_seconds),
+        upload_stale_after: ctx.settings.upload_stale(),
         result_ttl: ctx.settings.result_ttl(),
     };
     let ctx = Arc::new(ctx);

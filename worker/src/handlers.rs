@@ -1,16 +1,18 @@
 //! The two job handlers and the apalis monitor that runs them.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use jobs::db::{self, Db, ImageOutcome};
 use jobs::domain::keys;
 use jobs::names::unique_entry_names;
-use jobs::pipeline::{process_until, Format};
+use jobs::pipeline::Format;
 use jobs::queue::{BuildArchive, ProcessImage, Queues, PAYLOAD_VERSION};
 use jobs::storage::Storage;
-use jobs::tasks::Pipeline;
+
+use crate::isolate::{self, ChildSettings, Outcome};
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -20,6 +22,41 @@ pub struct Ctx {
     pub queues: Queues,
     pub settings: Arc<jobs::Settings>,
     pub worker: Arc<str>,
+    pub child: ChildSettings,
+    pub in_hand: InHand,
+}
+
+/// The images this worker is processing right now, handed back to the dispatcher should the
+/// worker stop before it finishes them.
+#[derive(Clone, Default)]
+pub struct InHand(Arc<Mutex<HashSet<jobs::ImageId>>>);
+
+impl InHand {
+    fn hold(&self, image: jobs::ImageId) -> Held {
+        self.0.lock().expect("not poisoned").insert(image);
+        Held(self.clone(), image)
+    }
+
+    pub fn images(&self) -> Vec<jobs::ImageId> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// An image in hand. [`Held::release`] runs when its handler ends; a handler dropped in the
+/// middle (the worker is stopping) leaves its image in [`InHand`], to be handed back.
+struct Held(InHand, jobs::ImageId);
+
+impl Held {
+    fn release(self) {
+        if let Ok(mut set) = (self.0).0.lock() {
+            set.remove(&self.1);
+        }
+    }
 }
 
 type JobResult = Result<(), BoxDynError>;
@@ -69,9 +106,10 @@ pub async fn run_monitor(
     Ok(())
 }
 
-/// Processes one image: fetch, decode, apply the batch's steps, encode, store, count. A file
-/// that cannot be processed fails alone, with its reason; a transient error (storage or database
-/// unreachable) is returned so the job runs again later.
+/// Processes one image: fetch, process in a child process, store, count. A file that cannot be
+/// processed fails alone, with its reason. A transient error (storage or database unreachable)
+/// is returned so the job runs again after a backoff, without counting against the image; an
+/// attempt that crashed or hung counts, and after `MAX_IMAGE_ATTEMPTS` of those the image fails.
 pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     if job.v != PAYLOAD_VERSION {
         tracing::error!(
@@ -83,36 +121,49 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     let Some(work) = db::start_image(&ctx.db, job.image).await? else {
         return Ok(()); // already done, failed, or its batch is gone: nothing to do
     };
+    let held = ctx.in_hand.hold(job.image);
+    let result = process_started(&ctx, &job, &work).await;
+    held.release();
+    result
+}
+
+async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) -> JobResult {
     let max_attempts = ctx.settings.max_image_attempts as i32;
-    if work.attempts > max_attempts {
+    if work.lost_attempts() >= max_attempts {
         let last = db::image_error(&ctx.db, job.image)
             .await?
-            .unwrap_or_else(|| "it stopped the worker".into());
+            .unwrap_or_else(|| "the worker stopped while processing it".into());
         let reason = format!("gave up after {max_attempts} attempts; last problem: {last}");
-        return finish(&ctx, job.image, ImageOutcome::Failed { reason }).await;
+        return finish(ctx, job.image, ImageOutcome::Failed { reason }).await;
     }
-    match run_pipeline(&ctx, &work).await {
-        Ok(outcome) => finish(&ctx, job.image, outcome).await,
+    match run_pipeline(ctx, work).await {
+        Ok(Attempt::Ended(outcome)) => finish(ctx, job.image, outcome).await,
+        Ok(Attempt::Lost(why)) => {
+            tracing::warn!(image = %job.image, attempt = work.attempts, problem = %why, "an attempt at an image was lost");
+            db::note_image_error(&ctx.db, job.image, &why, false).await?;
+            if work.lost_attempts() + 1 >= max_attempts {
+                let reason = format!("gave up after {max_attempts} attempts; last problem: {why}");
+                return finish(ctx, job.image, ImageOutcome::Failed { reason }).await;
+            }
+            Err(why.into())
+        }
         Err(transient) => {
             let message = transient.to_string();
             tracing::warn!(image = %job.image, attempt = work.attempts, error = %message, "image will be retried");
-            db::note_image_error(&ctx.db, job.image, &message).await?;
+            db::note_image_error(&ctx.db, job.image, &message, true).await?;
             Err(transient)
         }
     }
 }
 
-/// The image's outcome, or a transient error.
-async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<ImageOutcome, BoxDynError> {
-    let failed = |reason: String| Ok(ImageOutcome::Failed { reason });
-    let pipeline = match Pipeline::parse(&work.pipeline) {
-        Ok(p) => p,
-        Err(e) => {
-            return failed(format!(
-                "the batch's processing steps are no longer valid: {e}"
-            ))
-        }
-    };
+/// How an attempt at an image ended, when no transient error stopped it.
+enum Attempt {
+    Ended(ImageOutcome),
+    Lost(String),
+}
+
+/// The attempt's outcome, or a transient error.
+async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDynError> {
     let input = match ctx
         .storage
         .get(&keys::original(work.batch, work.image))
@@ -120,25 +171,17 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<ImageOutcome, B
     {
         Ok(bytes) => bytes,
         Err(e) if e.is_not_found() => {
-            return failed("the uploaded file is missing from storage".into())
+            return Ok(Attempt::Ended(ImageOutcome::Failed {
+                reason: "the uploaded file is missing from storage".into(),
+            }))
         }
         Err(e) => return Err(e.into()),
     };
-    let limits = ctx.settings.image_limits();
-    let timeout = ctx.settings.image_timeout();
-    let deadline = Instant::now() + timeout;
     let started = Instant::now();
-    let task = tokio::task::spawn_blocking(move || {
-        process_until(&input, &pipeline, &limits, Some(deadline))
-    });
-    let output = match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
-        Err(_) => return failed(jobs::pipeline::ProcessError::TimedOut.to_string()),
-        Ok(Err(join)) => {
-            tracing::error!(image = %work.image, error = %join, "image processing panicked");
-            return failed("the image made the processor crash".into());
-        }
-        Ok(Ok(Err(e))) => return failed(e.to_string()),
-        Ok(Ok(Ok(output))) => output,
+    let output = match isolate::process(input, &work.pipeline, ctx.child).await {
+        Outcome::Done(output) => output,
+        Outcome::Failed(reason) => return Ok(Attempt::Ended(ImageOutcome::Failed { reason })),
+        Outcome::Lost(why) => return Ok(Attempt::Lost(why)),
     };
     let key = keys::output(work.batch, work.image, output.format.ext());
     let size = output.bytes.len() as i64;
@@ -146,12 +189,12 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<ImageOutcome, B
         .put(&key, output.bytes.into(), output.format.mime())
         .await?;
     tracing::debug!(batch = %work.batch, image = %work.image, ms = started.elapsed().as_millis() as u64, "image processed");
-    Ok(ImageOutcome::Done {
+    Ok(Attempt::Ended(ImageOutcome::Done {
         output_format: output.format.as_str().to_owned(),
         output_bytes: size,
         width: output.width,
         height: output.height,
-    })
+    }))
 }
 
 async fn finish(ctx: &Ctx, image: jobs::ImageId, outcome: ImageOutcome) -> JobResult {

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 
 mod cron;
+mod dispatcher;
 mod handlers;
+mod isolate;
 
 /// Applies image tasks to uploaded batches, builds their zips, and purges expired batches.
 #[derive(Debug, Parser)]
@@ -42,9 +44,15 @@ pub struct Cli {
     #[arg(long, env = "RECONCILE_AFTER_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_after_seconds: u64,
 
-    /// An upload still unfinished after this many seconds is failed and its files deleted.
-    #[arg(long, env = "UPLOAD_STALE_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
-    pub upload_stale_seconds: u64,
+    /// Most memory (address space) one image's processing may use, in MiB; an image that needs
+    /// more fails with a clear reason instead of taking the worker down.
+    #[arg(long, env = "IMAGE_MEMORY_LIMIT_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..))]
+    pub image_memory_limit_mb: u64,
+
+    /// Tests only: lets marked images crash, hang or slow down their processing (see the
+    /// worker's `isolate` module). Never set in production.
+    #[arg(long, env = "WORKER_FAULT_INJECTION", default_value_t = false, hide = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fault_injection: bool,
 
     /// Seconds a stopping worker waits for the jobs it holds before it exits.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
@@ -75,6 +83,10 @@ impl Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(isolate::CHILD_ARG) {
+        isolate::child_main(&args[2..]);
+    }
     jobs::config::load_dotenv();
     let cli = Cli::parse();
     jobs::telemetry::init(&cli.settings.log_format);
@@ -91,13 +103,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(cli.settings.clone());
     let name = cli.worker_name();
     let concurrency = cli.concurrency();
-    let db = jobs::db::connect(settings.database_url())
-        .await
-        .context("cannot reach Postgres (DATABASE_URL)")?;
+    let db = jobs::wait_for("Postgres (DATABASE_URL)", || {
+        jobs::db::connect(settings.database_url())
+    })
+    .await;
     let storage = jobs::storage::Storage::new(&settings);
-    let conn = apalis_redis::connect(settings.redis_url())
-        .await
-        .context("cannot reach Redis (REDIS_URL)")?;
+    let conn = jobs::wait_for("Redis (REDIS_URL)", || {
+        apalis_redis::connect(settings.redis_url())
+    })
+    .await;
     let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, concurrency);
     let ctx = handlers::Ctx {
         db,
@@ -105,15 +119,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         queues,
         settings: settings.clone(),
         worker: Arc::from(name.as_str()),
+        child: isolate::ChildSettings {
+            limits: settings.image_limits(),
+            timeout: settings.image_timeout(),
+            memory_limit_bytes: cli.image_memory_limit_mb * 1024 * 1024,
+            faults: cli.fault_injection,
+        },
+        in_hand: handlers::InHand::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
 
+    let poll = Duration::from_millis(cli.poll_interval_ms);
+    let dispatcher = tokio::spawn(dispatcher::run(ctx.clone(), poll));
     let scheduler = cron::start(&cli, ctx.clone()).await?;
     let result = handlers::run_monitor(
-        ctx,
+        ctx.clone(),
         &name,
         concurrency,
-        Duration::from_millis(cli.poll_interval_ms),
+        poll,
         Duration::from_secs(cli.shutdown_grace_seconds),
         async {
             jobs::signals::shutdown_signal().await;
@@ -121,6 +144,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     )
     .await;
+    dispatcher.abort();
+    // Images still in hand after the grace period go back to the queue at once, rather than
+    // waiting for Redis to notice that this worker is gone.
+    let unfinished = ctx.in_hand.images();
+    if !unfinished.is_empty() {
+        match jobs::db::hand_back(&ctx.db, &unfinished).await {
+            Ok(n) => tracing::info!(images = n, "handed unfinished images back to the queue"),
+            Err(e) => tracing::warn!(error = %e, "could not hand images back; the reconciler will"),
+        }
+    }
     cron::stop(scheduler).await;
     tracing::info!(worker = %name, "worker stopped");
     result

@@ -1,0 +1,461 @@
+//! Faults injected while work is in flight, with the real binaries and services: every batch
+//! still finishes, every image exactly once (see `system_tests::checks`). Each test prints the
+//! figures it saw (run with `--nocapture` to read them).
+//!
+//! The Postgres restart has a test binary of its own (`postgres_restart.rs`): it restarts the
+//! server every test shares.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use system_tests::checks::{self, batch, files, verify_all, Sent};
+use system_tests::{Options, System};
+
+/// Settings of every fault test: slow images on purpose, a reconciler every two seconds that
+/// re-enqueues jobs older than 30 s, and two workers running two images each.
+fn options() -> Options {
+    Options::default()
+        .workers(&["worker-a", "worker-b"])
+        .env("WORKER_FAULT_INJECTION", "1")
+        .env("WORKER_CONCURRENCY", 2)
+        .env("RECONCILE_SCHEDULE", "*/2 * * * * *")
+        .env("RECONCILE_AFTER_SECONDS", 30)
+}
+
+/// Submits `n` batches of `size` images (tag `b{k}`); returns their ids and what was sent.
+async fn submit_batches(
+    sys: &System,
+    n: usize,
+    size: usize,
+    slow: bool,
+) -> Vec<(String, Vec<Sent>)> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let sent = batch(&format!("b{k}"), size, slow);
+        let id = sys
+            .submit_ok(&files(&sent), Some(&checks::pipeline()))
+            .await
+            .expect("accepted");
+        out.push((id, sent));
+    }
+    out
+}
+
+/// Images of this system done so far.
+async fn done_images(sys: &System) -> i64 {
+    sys.count("SELECT count(*) FROM images WHERE status = 'done'")
+        .await
+}
+
+/// Waits until at least `n` images are done (so that a fault lands mid-batch).
+async fn wait_done(sys: &System, n: i64) {
+    let started = Instant::now();
+    while done_images(sys).await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no progress; logs in {}",
+            sys.logs().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn max_attempts(sys: &System) -> i64 {
+    sys.count("SELECT coalesce(max(attempts), 0)::bigint FROM images")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    let mut sys = System::start("kill-worker", options())
+        .await
+        .expect("system starts");
+    let batches = submit_batches(&sys, 2, 60, true).await;
+    wait_done(&sys, 10).await;
+    sys.kill_worker("worker-a");
+    let killed = Instant::now();
+    wait_done(&sys, 40).await;
+    // Then the only worker left; a new one starts a little later.
+    sys.kill_worker("worker-b");
+    let in_flight = 120 - done_images(&sys).await;
+    assert!(in_flight > 0, "the batches finished before the second kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sys.start_worker("worker-c").expect("starts");
+    verify_all(&sys, &batches, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    println!(
+        "kill -9: 120 images, {in_flight} left when the last worker died; all done {:.1} s after the first kill; most attempts at one image: {}",
+        killed.elapsed().as_secs_f64(),
+        max_attempts(&sys).await
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_losing_its_data_mid_batch_loses_nothing() {
+    let mut sys = System::start("redis-lost", options().own_redis())
+        .await
+        .expect("system starts");
+    let batches = submit_batches(&sys, 2, 60, true).await;
+    wait_done(&sys, 20).await;
+    let before = done_images(&sys).await;
+    sys.redis()
+        .restart_empty(Duration::from_secs(1))
+        .await
+        .expect("Redis restarts");
+    let restarted = Instant::now();
+    verify_all(&sys, &batches, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    println!(
+        "Redis restarted empty with {} of 120 images left: all done {:.1} s later",
+        120 - before,
+        restarted.elapsed().as_secs_f64()
+    );
+    // A FLUSHALL is the same loss, without the restart.
+    let more = submit_batches(&sys, 1, 100, true).await;
+    wait_done(&sys, 120 + 20).await;
+    let mut conn = sys.redis().connection().await.expect("connects");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    let flushed = Instant::now();
+    verify_all(&sys, &more, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    println!(
+        "FLUSHALL mid-batch: all 100 done {:.1} s later",
+        flushed.elapsed().as_secs_f64()
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_unreachable_for_ten_seconds_is_waited_out() {
+    let sys = System::start("s3-down", options().proxy_s3())
+        .await
+        .expect("system starts");
+    let batches = submit_batches(&sys, 2, 60, true).await;
+    wait_done(&sys, 10).await;
+    sys.s3_proxy().cut();
+    let cut = Instant::now();
+
+    // Meanwhile, a submission is refused with 503 naming the storage, and /readyz says so.
+    let ready = sys
+        .http
+        .get(sys.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz answers");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("JSON");
+    assert_eq!(body["s3"], "unavailable", "{body}");
+    assert_eq!(body["postgres"], "ok", "{body}");
+    let refused = batch("refused", 3, false);
+    let (code, body) = sys.submit(&files(&refused), None).await.expect("answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("storage"),
+        "{body}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    sys.s3_proxy().restore();
+    let restored = Instant::now();
+    verify_all(&sys, &batches, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    let retried = sys
+        .count("SELECT count(*) FROM images WHERE retries > 0")
+        .await;
+    let most = sys
+        .count("SELECT coalesce(max(retries), 0)::bigint FROM images")
+        .await;
+    assert!(
+        retried > 0,
+        "no image met the outage: the fault did not land mid-batch"
+    );
+    // The refused submission left nothing behind.
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 2);
+    println!(
+        "S3 cut for 10 s: {retried} images retried (at most {most} times each), none failed; all done {:.1} s after it came back",
+        restored.elapsed().as_secs_f64()
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_web_killed_mid_upload_leaves_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut sys = System::start(
+        "web-killed",
+        options()
+            .env("UPLOAD_STALE_SECONDS", 4)
+            .env("RECONCILE_SCHEDULE", "* * * * * *"),
+    )
+    .await
+    .expect("system starts");
+    let before = submit_batches(&sys, 1, 100, false).await;
+
+    // A browser that sends five files and the first 9 MiB of a sixth (so that part of it is
+    // an unfinished multipart upload in S3), then waits.
+    let boundary = "wmtestboundary";
+    let mut body = Vec::new();
+    for sent in batch("half", 5, false) {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{}\"\r\nContent-Type: image/jpeg\r\n\r\n", sent.name).as_bytes());
+        body.extend(&sent.bytes);
+        body.extend(b"\r\n");
+    }
+    let big = system_tests::images::photo_jpeg(64, 64, 1);
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
+    body.extend(&big);
+    body.resize(body.len() + 9 * 1024 * 1024, 0);
+    let addr = sys.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /api/batches HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len() + 20 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.expect("sends");
+    stream.write_all(&body).await.expect("sends");
+    stream.flush().await.expect("sends");
+
+    // Once the five files are stored, `web` dies.
+    let started = Instant::now();
+    let half: String = loop {
+        let stored = sys.objects().await.expect("lists").len();
+        let uploading: Option<String> =
+            sqlx::query_scalar("SELECT id::text FROM batches WHERE status = 'uploading'")
+                .fetch_optional(&sys.db)
+                .await
+                .expect("query");
+        if let Some(id) = uploading {
+            let mine = sys
+                .objects()
+                .await
+                .expect("lists")
+                .iter()
+                .filter(|k| k.starts_with(&format!("batches/{id}/")))
+                .count();
+            if mine >= 5 {
+                break id;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the upload did not get going ({stored} objects)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sys.kill_web();
+    let killed = Instant::now();
+    drop(stream);
+    sys.start_web().await.expect("web starts again");
+
+    // The half-uploaded batch ends failed, with its objects gone.
+    let status = sys
+        .wait_final(&half, Duration::from_secs(30))
+        .await
+        .expect("the broken upload is settled");
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{status}"
+    );
+    let settled = killed.elapsed();
+    let started = Instant::now();
+    loop {
+        let left = sys
+            .objects()
+            .await
+            .expect("lists")
+            .iter()
+            .filter(|k| k.starts_with(&format!("batches/{half}/")))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{left} objects of the broken upload remain"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Nothing else is affected: the earlier batch, and one sent after the restart.
+    let after = submit_batches(&sys, 1, 20, false).await;
+    let all: Vec<_> = before.into_iter().chain(after).collect();
+    verify_all(&sys, &all, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    println!(
+        "web killed mid-upload: the broken batch was failed {:.1} s after the kill and its objects deleted; 120 other images done",
+        settled.as_secs_f64()
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_worker_within_its_grace_period() {
+    let grace = 3;
+    let mut sys = System::start(
+        "sigterm",
+        options()
+            .workers(&["worker-b"])
+            .env("SHUTDOWN_GRACE_SECONDS", grace),
+    )
+    .await
+    .expect("system starts");
+    sys.start_worker("worker-a").expect("starts");
+    // 100 quick images, and 10 that take 5 s each: longer than the grace period.
+    let quick = batch("quick", 100, true);
+    let slow: Vec<Sent> = batch("slow", 10, false)
+        .into_iter()
+        .map(|mut s| {
+            s.bytes = checks::with_marker(&s.bytes, b"wm-fault:sleep=5000;");
+            s
+        })
+        .collect();
+    let q = sys
+        .submit_ok(&files(&quick), Some(&checks::pipeline()))
+        .await
+        .expect("accepted");
+    let s = sys
+        .submit_ok(&files(&slow), Some(&checks::pipeline()))
+        .await
+        .expect("accepted");
+    wait_done(&sys, 10).await;
+    // Wait until worker-a holds a slow image.
+    let started = Instant::now();
+    while sys
+        .count(
+            "SELECT count(*) FROM images i JOIN batches b ON b.id = i.batch_id
+             WHERE i.attempts > 0 AND i.status = 'pending' AND i.name LIKE 'slow%'",
+        )
+        .await
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "slow images never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, took) = sys
+        .terminate_worker("worker-a", Duration::from_secs(grace + 10))
+        .await
+        .expect("exits");
+    let stopped_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&sys.db)
+        .await
+        .expect("now");
+    assert!(status.success(), "worker-a exited with {status}");
+    assert!(
+        took < Duration::from_secs(grace + 2),
+        "worker-a took {took:?} to stop; its grace period is {grace} s"
+    );
+    verify_all(&sys, &[(q, quick), (s, slow)], Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    let after_stop: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM images WHERE processed_by = 'worker-a' AND finished_at > $1",
+    )
+    .bind(stopped_at)
+    .fetch_one(&sys.db)
+    .await
+    .expect("query");
+    assert_eq!(after_stop, 0, "worker-a finished images after it exited");
+    let by_a = sys
+        .count("SELECT count(*) FROM images WHERE processed_by = 'worker-a'")
+        .await;
+    println!(
+        "SIGTERM: worker-a exited 0 after {:.2} s (grace {grace} s), having finished {by_a} images; the slow ones it held were handed back and done by worker-b",
+        took.as_secs_f64()
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_image_fails_alone_after_bounded_attempts() {
+    let mut sys = System::start(
+        "poison",
+        options()
+            .env("MAX_IMAGE_ATTEMPTS", 3)
+            .env("IMAGE_TIMEOUT_SECONDS", 2),
+    )
+    .await
+    .expect("system starts");
+    let good = batch("good", 100, false);
+    let mut all = files(&good);
+    let base = checks::batch("x", 1, false).remove(0).bytes;
+    all.push(("crash.png", checks::with_marker(&base, b"wm-fault:crash")));
+    all.push(("hang.png", checks::with_marker(&base, b"wm-fault:hang")));
+    let started = Instant::now();
+    let id = sys
+        .submit_ok(&all, Some(&checks::pipeline()))
+        .await
+        .expect("accepted");
+    let status = sys
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .expect("finishes");
+    let took = started.elapsed();
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(status["done"], 100, "{status}");
+    assert_eq!(status["failed"], 2, "{status}");
+    let files = status["images"].as_array().expect("images");
+    let reason = |name: &str| {
+        files
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["error"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let crash = reason("crash.png");
+    let hang = reason("hang.png");
+    assert!(
+        crash.contains("gave up after 3 attempts") && crash.contains("crashed"),
+        "{crash}"
+    );
+    assert!(
+        hang.contains("gave up after 3 attempts") && hang.contains("hung"),
+        "{hang}"
+    );
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM images WHERE name IN ('crash.png', 'hang.png')")
+            .fetch_all(&sys.db)
+            .await
+            .expect("query");
+    assert_eq!(attempts, vec![3, 3]);
+    // The workers never went down.
+    for (name, alive) in sys.workers_alive() {
+        assert!(alive, "{name} died");
+    }
+    // The zip holds the 100 good images and the report of the two poisoned ones.
+    let (code, zip) = sys.download(&id).await.expect("downloads");
+    assert_eq!(code, 200);
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(zip)).expect("a zip");
+    assert_eq!(zip.len(), 101);
+    assert!(zip
+        .file_names()
+        .any(|n| n.is_ok_and(|n| n == "FAILED-FILES.txt")));
+    checks::verify_counters(&sys).await.expect("counters");
+    checks::verify_redis_drained(&sys, Duration::from_secs(30))
+        .await
+        .expect("drained");
+    checks::verify_no_orphans(&sys).await.expect("no orphans");
+    println!(
+        "poison: a crashing and a hanging image each tried 3 times, then failed alone ({crash:?} / {hang:?}); 100 others done; batch final after {:.1} s; no worker died",
+        took.as_secs_f64()
+    );
+    sys.shutdown().await;
+}

@@ -1,0 +1,45 @@
+//! The dispatcher loop every worker runs: keeps Redis fed from Postgres (see
+//! `jobs::dispatch`), notices a Redis that lost its data, and trims finished jobs from Redis.
+
+use std::time::{Duration, Instant};
+
+use crate::handlers::Ctx;
+
+/// How often finished jobs are trimmed from Redis, and how many per queue at most each time.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+const TRIM_MAX: usize = 5000;
+
+pub async fn run(ctx: Ctx, interval: Duration) {
+    let window = ctx.settings.dispatch_window;
+    let mut failing: Option<String> = None;
+    let mut last_trim = Instant::now();
+    loop {
+        match jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
+            Ok(report) => {
+                if failing.take().is_some() {
+                    tracing::info!("dispatching again");
+                }
+                if report.images > 0 {
+                    tracing::debug!(images = report.images, "dispatched image jobs");
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                // One line per distinct problem, not one per attempt.
+                if failing.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "cannot dispatch jobs; retrying");
+                    failing = Some(message);
+                }
+            }
+        }
+        if last_trim.elapsed() >= TRIM_EVERY {
+            last_trim = Instant::now();
+            match ctx.queues.trim_finished(TRIM_MAX).await {
+                Ok(n) if n > 0 => tracing::debug!(jobs = n, "trimmed finished jobs from Redis"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot trim finished jobs"),
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
