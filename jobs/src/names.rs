@@ -9,6 +9,8 @@ use crate::pipeline::Format;
 pub const MAX_DISPLAY_CHARS: usize = 255;
 /// Longest zip entry name, in characters (extension and de-duplication suffix included).
 pub const MAX_ENTRY_CHARS: usize = 120;
+/// Longest zip entry name in bytes of UTF-8: most file systems refuse names over 255 bytes.
+pub const MAX_ENTRY_BYTES: usize = 255;
 
 /// Characters that reorder or hide text (bidirectional controls, zero-width marks).
 fn is_invisible(c: char) -> bool {
@@ -65,7 +67,16 @@ pub fn entry_name(display: &str, format: Format) -> String {
         stem
     };
     let room = MAX_ENTRY_CHARS.saturating_sub(ext.chars().count() + 1 + 8);
-    let stem: String = stem.chars().take(room).collect();
+    let room_bytes = MAX_ENTRY_BYTES.saturating_sub(ext.len() + 1 + 8);
+    let mut bytes = 0;
+    let stem: String = stem
+        .chars()
+        .take(room)
+        .take_while(|c| {
+            bytes += c.len_utf8();
+            bytes <= room_bytes
+        })
+        .collect();
     format!("{}.{ext}", stem.trim_end())
 }
 
@@ -144,6 +155,17 @@ mod tests {
             "{name}"
         );
         assert!(display_name(&long).chars().count() <= MAX_DISPLAY_CHARS);
+        // Three bytes a character: the byte limit of file systems comes first.
+        let wide = "名".repeat(300) + ".png";
+        let names =
+            unique_entry_names([(wide.as_str(), Format::Png), (wide.as_str(), Format::Png)]);
+        for name in &names {
+            assert!(
+                name.len() <= MAX_ENTRY_BYTES && name.ends_with(".png") && name.starts_with("名名"),
+                "{name}"
+            );
+        }
+        assert!(names[1].ends_with(" (2).png"), "{}", names[1]);
     }
 
     #[test]
