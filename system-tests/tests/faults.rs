@@ -459,3 +459,194 @@ async fn a_poison_image_fails_alone_after_bounded_attempts() {
     );
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_ten_thousand_images_drains_without_killing_a_worker() {
+    let window = 1000;
+    let mut sys = System::start(
+        "backlog",
+        Options::default()
+            .workers(&["worker-a", "worker-b"])
+            .own_redis()
+            .env("WORKER_CONCURRENCY", 2)
+            .env("MAX_FILES_PER_BATCH", 2500)
+            .env("DISPATCH_WINDOW", window),
+    )
+    .await
+    .expect("system starts");
+    let memory_before = sys.redis().used_memory().await.expect("INFO");
+    let started = Instant::now();
+    let sent: Vec<Vec<Sent>> = (0..4)
+        .map(|k| batch(&format!("b{k}"), 2500, false))
+        .collect();
+    let pipeline = checks::pipeline();
+    let ids = futures::future::join_all(sent.iter().map(|s| async {
+        sys.submit_ok(&files(s), Some(&pipeline))
+            .await
+            .expect("accepted")
+    }))
+    .await;
+    let uploaded = started.elapsed();
+    let batches: Vec<(String, Vec<Sent>)> = ids.into_iter().zip(sent).collect();
+
+    // Until every batch is final: never more than the window in Redis, and no worker dies.
+    let mut most_in_redis = 0;
+    let mut peak_memory = memory_before;
+    let limit = Duration::from_secs(600);
+    loop {
+        most_in_redis = most_in_redis.max(checks::jobs_in_redis(&sys).await.expect("Redis"));
+        peak_memory = peak_memory.max(sys.redis().used_memory().await.expect("INFO"));
+        for (name, alive) in sys.workers_alive() {
+            assert!(alive, "{name} died; logs in {}", sys.logs().display());
+        }
+        let unfinished = sys
+            .count("SELECT count(*) FROM batches WHERE status NOT IN ('done', 'failed')")
+            .await;
+        if unfinished == 0 {
+            break;
+        }
+        assert!(started.elapsed() < limit, "not drained after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drained = started.elapsed();
+    assert!(
+        most_in_redis <= window + 4,
+        "{most_in_redis} jobs were in Redis at once; the window is {window}"
+    );
+    verify_all(&sys, &batches, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+
+    // Finished jobs are trimmed from Redis (every 5 s): no job's data or metadata is left, and
+    // memory goes back near its start. (At the peak each job in Redis took about 1.5 KB: kept
+    // forever, 10,000 jobs would hold some 15 MB.)
+    let prefix = sys.queue_prefix().to_owned();
+    let trimmed = Instant::now();
+    let (jobs_left, memory_after) = loop {
+        let mut conn = sys.redis().connection().await.expect("connects");
+        let meta: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*:meta:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut data = 0i64;
+        for queue in ["process-image", "build-archive"] {
+            let n: i64 = redis::cmd("HLEN")
+                .arg(format!("{prefix}:{queue}:data"))
+                .query_async(&mut conn)
+                .await
+                .expect("HLEN");
+            data += n;
+        }
+        let left = meta.len() as i64 + data;
+        let now = sys.redis().used_memory().await.expect("INFO");
+        if left == 0 || trimmed.elapsed() > Duration::from_secs(30) {
+            break (left, now);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(jobs_left, 0, "finished jobs left in Redis");
+    assert!(
+        memory_after < memory_before + 1024 * 1024,
+        "Redis used {memory_before} bytes before and {memory_after} after (peak {peak_memory})"
+    );
+    println!(
+        "backlog: 10,000 images in 4 batches uploaded in {:.1} s, all done in {:.1} s ({:.0} images/s); at most {most_in_redis} jobs in Redis at once (window {window}); Redis memory {:.2} MiB before, {:.2} MiB at peak, {:.2} MiB after",
+        uploaded.as_secs_f64(),
+        drained.as_secs_f64(),
+        10_000.0 / (drained - uploaded).as_secs_f64(),
+        memory_before as f64 / 1048576.0,
+        peak_memory as f64 / 1048576.0,
+        memory_after as f64 / 1048576.0,
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_purge_each_expired_batch_exactly_once() {
+    let sys = System::start(
+        "purge-replicas",
+        options()
+            .workers(&["worker-a", "worker-b", "worker-c"])
+            .env("RESULT_TTL_SECONDS", 3)
+            .env("PURGE_SCHEDULE", "* * * * * *")
+            .env("RECONCILE_SCHEDULE", "* * * * * *"),
+    )
+    .await
+    .expect("system starts");
+    let quick = submit_batches(&sys, 6, 10, false).await;
+    for (id, sent) in &quick {
+        sys.wait_final(id, Duration::from_secs(60))
+            .await
+            .expect("final");
+        checks::verify_batch(&sys, id, sent).await.expect("right");
+    }
+    // A batch that is still being processed while the six expire and are purged.
+    let slow = batch("slow", 40, true);
+    let busy = sys
+        .submit_ok(&files(&slow), Some(&checks::pipeline()))
+        .await
+        .expect("accepted");
+
+    let started = Instant::now();
+    let ids: Vec<&str> = quick.iter().map(|(id, _)| id.as_str()).collect();
+    loop {
+        let expired: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM batches WHERE status = 'expired' AND id::text = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_one(&sys.db)
+        .await
+        .expect("query");
+        if expired == 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {expired} of 6 batches expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let busy_while_purging = sys
+        .count("SELECT count(*) FROM batches WHERE status IN ('queued', 'processing')")
+        .await;
+    assert_eq!(busy_while_purging, 1, "the slow batch finished too soon");
+    let runs: Vec<i32> = sqlx::query_scalar(
+        "SELECT purge_runs FROM batches WHERE id::text = ANY($1) ORDER BY created_at",
+    )
+    .bind(&ids)
+    .fetch_all(&sys.db)
+    .await
+    .expect("query");
+    assert_eq!(runs, vec![1; 6], "purges per batch");
+    // The replicas' own logs agree: one "purged" line per batch, whichever replica ran it.
+    let mut logs = String::new();
+    for name in ["worker-a", "worker-b", "worker-c"] {
+        logs += &std::fs::read_to_string(sys.logs().join(format!("{name}.log"))).expect("log");
+    }
+    for id in &ids {
+        let lines = logs
+            .lines()
+            .filter(|l| l.contains("purged an expired batch") && l.contains(id))
+            .count();
+        assert_eq!(lines, 1, "batch {id} purged {lines} times");
+        let (code, _) = sys.download(id).await.expect("answers");
+        assert_eq!(code, 410);
+    }
+    // The busy batch was never touched, and finishes whole.
+    sys.wait_final(&busy, Duration::from_secs(60))
+        .await
+        .expect("final");
+    checks::verify_batch(&sys, &busy, &slow)
+        .await
+        .expect("the busy batch is whole");
+    checks::verify_counters(&sys).await.expect("counters");
+    checks::verify_no_orphans(&sys).await.expect("no orphans");
+    let replicas: i64 = sys
+        .count("SELECT count(DISTINCT claimed_by) FROM cron_ticks WHERE job = 'purge'")
+        .await;
+    println!(
+        "three replicas: 6 expired batches purged exactly once each (purge ticks claimed by {replicas} different replicas); the batch in progress (40 images) finished whole"
+    );
+    sys.shutdown().await;
+}
