@@ -169,6 +169,11 @@ pub mod keys {
         format!("batches/{batch}/out/{image}.{ext}")
     }
 
+    /// The logo uploaded with a batch, if any.
+    pub fn logo(batch: BatchId) -> String {
+        format!("batches/{batch}/logo")
+    }
+
     pub fn archive(batch: BatchId) -> String {
         format!("batches/{batch}/result.zip")
     }

@@ -122,6 +122,23 @@ impl Format {
 /// Human list of what we accept, for error messages.
 pub const ACCEPTED: &str = "JPEG, PNG, WebP, GIF, BMP or TIFF";
 
+/// Largest uploaded logo, in bytes and in pixels.
+pub const MAX_LOGO_BYTES: usize = 2 * 1024 * 1024;
+pub const MAX_LOGO_PIXELS: u64 = 16_000_000;
+
+/// Decodes an uploaded logo (any format we read, at most [`MAX_LOGO_PIXELS`]), or says why not.
+pub fn decode_logo(bytes: &[u8]) -> Result<image::RgbaImage, String> {
+    let format = Format::sniff(bytes)
+        .ok_or_else(|| format!("the logo is not an image we can read (expected {ACCEPTED})"))?;
+    let limits = Limits {
+        max_pixels: MAX_LOGO_PIXELS,
+        jpeg_quality: 90,
+    };
+    decode(bytes, format, &limits)
+        .map(|img| img.to_rgba8())
+        .map_err(|e| format!("the logo cannot be used: {e}"))
+}
+
 /// Why one image could not be processed; the text is shown to the user.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -175,6 +192,16 @@ pub fn process_until(
                 task: step.task.name(),
                 message: e.0,
             })?;
+        let (w, h) = (image.width() as u64, image.height() as u64);
+        if w * h > limits.max_pixels {
+            return Err(ProcessError::Task {
+                task: step.task.name(),
+                message: format!(
+                    "the result would be {w} × {h} pixels, more than the limit of {} pixels",
+                    limits.max_pixels
+                ),
+            });
+        }
         check()?;
     }
     let bytes = encode(&image, format, limits.jpeg_quality)?;

@@ -206,6 +206,7 @@ pub async fn verify_no_orphans(sys: &System) -> anyhow::Result<()> {
         if batch_status == "done" {
             zips.insert(format!("batches/{batch}/result.zip"));
         }
+        allowed.insert(format!("batches/{batch}/logo"));
         if let Some(image) = image {
             allowed.insert(format!("batches/{batch}/in/{image}"));
             if image_status == "done" {

@@ -550,3 +550,111 @@ async fn health_tasks_and_unknown_batches() {
     assert_eq!(code, 409);
     sys.shutdown().await;
 }
+
+/// `POST /api/batches` with files, a pipeline and a logo part; the answer's status and JSON.
+async fn submit_with_logo(
+    sys: &System,
+    files: &[(&str, Vec<u8>)],
+    pipeline: &serde_json::Value,
+    logo: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let mut form = reqwest::multipart::Form::new().text("pipeline", pipeline.to_string());
+    for (name, bytes) in files {
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+        );
+    }
+    form = form.part(
+        "logo",
+        reqwest::multipart::Part::bytes(logo).file_name("logo.png"),
+    );
+    let res = sys
+        .http
+        .post(sys.url("/api/batches"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("answers");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("JSON"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() {
+    let sys = System::start("custom-logo", Options::default())
+        .await
+        .expect("system starts");
+    let grey = [120, 120, 120];
+    let pipeline = json!([{"task": "watermark", "position": "bottom-right", "opacity": 1.0, "scale": 0.25, "margin": 0.05}]);
+    let red_logo = flat_png(40, 20, [230, 20, 20, 255]);
+    let (code, body) = submit_with_logo(
+        &sys,
+        &[("photo.png", flat_png(400, 300, [120, 120, 120, 255]))],
+        &pipeline,
+        red_logo,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    let status = sys
+        .wait_final(&id, Duration::from_secs(60))
+        .await
+        .expect("finishes");
+    assert_eq!(status["status"], "done", "{status}");
+    let (_, zip) = sys.download(&id).await.expect("downloads");
+    let entries = unzip(&zip);
+    let img = image::load_from_memory(&entries[0].1)
+        .expect("decodes")
+        .to_rgb8();
+    // The mark: 100 × 50 (a quarter of the width, the logo's 2:1), 15 px from the corner.
+    let red = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y).0;
+        p[0] > 200 && p[1] < 60 && p[2] < 60
+    };
+    assert!(red(400 - 15 - 50, 300 - 15 - 25), "the logo is not drawn");
+    assert!(!red(10, 10) && !differs(img.get_pixel(10, 10).0, grey, 2));
+
+    // A logo that is not an image: 400 naming it, and nothing stored.
+    let (code, body) = submit_with_logo(
+        &sys,
+        &[("photo.png", flat_png(40, 30, [1, 2, 3, 255]))],
+        &pipeline,
+        b"<svg>not really</svg>".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("logo is not an image"),
+        "{body}"
+    );
+    // Asking for the uploaded logo without sending one: 400 too.
+    let (code, body) = sys
+        .submit(
+            &[("photo.png", flat_png(40, 30, [1, 2, 3, 255]))],
+            Some(&json!([{"task": "watermark", "logo": "uploaded"}])),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("needs a logo file"),
+        "{body}"
+    );
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 1);
+    let stray: Vec<String> = sys
+        .objects()
+        .await
+        .expect("lists")
+        .into_iter()
+        .filter(|k| !k.starts_with(&format!("batches/{id}/")))
+        .collect();
+    assert!(stray.is_empty(), "refused uploads left {stray:?}");
+    sys.shutdown().await;
+}

@@ -71,6 +71,7 @@ struct IndexPage {
     max_files: u32,
     max_file: String,
     max_batch: String,
+    max_logo: String,
     accepted: &'static str,
     error: Option<String>,
 }
@@ -171,6 +172,7 @@ fn index_page(state: &AppState, error: Option<String>) -> IndexPage {
         max_files: state.settings.max_files_per_batch,
         max_file: human_bytes(state.settings.max_file_bytes),
         max_batch: human_bytes(state.settings.max_batch_bytes),
+        max_logo: human_bytes(jobs::pipeline::MAX_LOGO_BYTES as u64),
         accepted: jobs::pipeline::ACCEPTED,
         error,
     }

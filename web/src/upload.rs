@@ -35,6 +35,8 @@ struct Choices {
     from_form: bool,
     form_tasks: Vec<String>,
     form_params: Vec<(String, String)>,
+    /// A logo file was sent (and stored).
+    logo: bool,
 }
 
 pub async fn receive(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
@@ -82,11 +84,9 @@ async fn receive_into(
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "files" | "file" => {
-                // A form with no file chosen sends one empty, unnamed part.
-                if field.file_name().is_some_and(str::is_empty) {
-                    drain(field, &mut total, settings.max_batch_bytes).await?;
-                    continue;
-                }
+                // A form with no file chosen sends one empty, unnamed part: skipped. An unnamed
+                // part with content is a file like any other (named "unnamed").
+                let unnamed = field.file_name().is_none_or(str::is_empty);
                 if files.len() >= settings.max_files_per_batch as usize {
                     return Err(AppError::TooLarge(format!(
                         "too many files: at most {} per batch (MAX_FILES_PER_BATCH)",
@@ -97,7 +97,31 @@ async fn receive_into(
                     db::create_batch(&state.db, batch, &Value::Null).await?;
                     *created = true;
                 }
-                files.push(receive_file(state, batch, field, &mut total).await?);
+                let file = receive_file(state, batch, field, &mut total).await?;
+                if unnamed && file.input_bytes == 0 {
+                    continue;
+                }
+                files.push(file);
+            }
+            "logo" => {
+                let bytes = logo_bytes(field, &mut total).await?;
+                if bytes.is_empty() {
+                    continue; // the form's logo input, left empty
+                }
+                let check = bytes.clone();
+                tokio::task::spawn_blocking(move || jobs::pipeline::decode_logo(&check))
+                    .await
+                    .map_err(|e| AppError::Internal(e.into()))?
+                    .map_err(AppError::BadRequest)?;
+                if !*created {
+                    db::create_batch(&state.db, batch, &Value::Null).await?;
+                    *created = true;
+                }
+                state
+                    .storage
+                    .put(&keys::logo(batch), bytes.into(), "application/octet-stream")
+                    .await?;
+                choices.logo = true;
             }
             "pipeline" => choices.pipeline_json = Some(text(field, &mut total).await?),
             "form" => {
@@ -121,7 +145,7 @@ async fn receive_into(
             "no files: choose at least one image".into(),
         ));
     }
-    let pipeline = choices.pipeline()?.to_json();
+    let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
     let recorded = db::record_upload(&state.db, batch, &pipeline, &files).await?;
     // Committed: from here on the batch cannot be lost. Its images wait in Postgres until a
     // dispatcher sends them to Redis: this one now, or the workers' should Redis fail now.
@@ -143,6 +167,40 @@ async fn receive_into(
 }
 
 impl Choices {
+    /// With a logo file, every watermark step without text draws it; a step that asks for the
+    /// uploaded logo needs one, and a logo no step uses is a mistake worth saying.
+    fn with_logo(&self, pipeline: Pipeline) -> Result<Pipeline, AppError> {
+        let mut steps = match pipeline.to_json() {
+            Value::Array(steps) => steps,
+            _ => unreachable!("a pipeline is an array of steps"),
+        };
+        let mut uses = false;
+        for step in &mut steps {
+            if step["task"] != "watermark" {
+                continue;
+            }
+            let text = step["text"].as_str().unwrap_or("").trim().is_empty();
+            if self.logo && text {
+                step["logo"] = Value::String("uploaded".into());
+            }
+            if step["logo"] == "uploaded" {
+                if !self.logo {
+                    return Err(AppError::BadRequest(
+                        "watermark.logo: \"uploaded\" needs a logo file (the `logo` field)".into(),
+                    ));
+                }
+                uses = uses || text;
+            }
+        }
+        if self.logo && !uses {
+            return Err(AppError::BadRequest(
+                "a logo file was sent, but no watermark step draws a logo (remove its text, or the logo)".into(),
+            ));
+        }
+        Pipeline::parse(&Value::Array(steps))
+            .map_err(|e| AppError::BadRequest(format!("invalid pipeline: {e}")))
+    }
+
     /// The pipeline: the `pipeline` JSON field, else the form's choices, else the default.
     fn pipeline(&self) -> Result<Pipeline, AppError> {
         let bad = |e: String| AppError::BadRequest(format!("invalid pipeline: {e}"));
@@ -313,6 +371,22 @@ async fn start(
         }
     }
     Ok(())
+}
+
+/// The bytes of the logo field, at most [`jobs::pipeline::MAX_LOGO_BYTES`].
+async fn logo_bytes(mut field: Field<'_>, total: &mut u64) -> Result<Vec<u8>, AppError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+        *total += chunk.len() as u64;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > jobs::pipeline::MAX_LOGO_BYTES {
+            return Err(AppError::TooLarge(format!(
+                "the logo is larger than the limit of {}",
+                human_bytes(jobs::pipeline::MAX_LOGO_BYTES as u64)
+            )));
+        }
+    }
+    Ok(buf)
 }
 
 async fn text(mut field: Field<'_>, total: &mut u64) -> Result<String, AppError> {

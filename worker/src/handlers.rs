@@ -177,8 +177,25 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         }
         Err(e) => return Err(e.into()),
     };
+    let uses_logo = work
+        .pipeline
+        .as_array()
+        .is_some_and(|steps| steps.iter().any(|s| s["logo"] == "uploaded"));
+    let logo = if uses_logo {
+        match ctx.storage.get(&keys::logo(work.batch)).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.is_not_found() => {
+                return Ok(Attempt::Ended(ImageOutcome::Failed {
+                    reason: "the batch's logo is missing from storage".into(),
+                }))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
     let started = Instant::now();
-    let output = match isolate::process(input, &work.pipeline, ctx.child).await {
+    let output = match isolate::process(input, logo, &work.pipeline, ctx.child).await {
         Outcome::Done(output) => output,
         Outcome::Failed(reason) => return Ok(Attempt::Ended(ImageOutcome::Failed { reason })),
         Outcome::Lost(why) => return Ok(Attempt::Lost(why)),

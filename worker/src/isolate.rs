@@ -4,8 +4,8 @@
 //! hostile file cannot make the worker itself run out of memory. Starting a child costs a few
 //! milliseconds, next to the tens or hundreds an image takes.
 //!
-//! The child reads the image on stdin and writes a 4-byte length, a JSON header and the output
-//! bytes on stdout.
+//! The child reads the batch's logo (a 4-byte length, then the bytes) and the image on stdin,
+//! and writes a 4-byte length, a JSON header and the output bytes on stdout.
 //!
 //! Tests simulate poison images with `WORKER_FAULT_INJECTION=1`: an image whose bytes contain
 //! `wm-fault:crash` aborts its child, `wm-fault:hang` hangs it, `wm-fault:slow` makes it take
@@ -44,9 +44,14 @@ pub struct ChildSettings {
     pub faults: bool,
 }
 
-/// Processes `input` with `pipeline` in a child process.
-pub async fn process(input: bytes::Bytes, pipeline: &Value, settings: ChildSettings) -> Outcome {
-    match run_child(input, pipeline, settings).await {
+/// Processes `input` with `pipeline` in a child process; `logo` is the batch's uploaded logo.
+pub async fn process(
+    input: bytes::Bytes,
+    logo: Option<bytes::Bytes>,
+    pipeline: &Value,
+    settings: ChildSettings,
+) -> Outcome {
+    match run_child(input, logo, pipeline, settings).await {
         Ok(outcome) => outcome,
         Err(e) => Outcome::Lost(format!("the image processor could not be run: {e}")),
     }
@@ -54,6 +59,7 @@ pub async fn process(input: bytes::Bytes, pipeline: &Value, settings: ChildSetti
 
 async fn run_child(
     input: bytes::Bytes,
+    logo: Option<bytes::Bytes>,
     pipeline: &Value,
     settings: ChildSettings,
 ) -> std::io::Result<Outcome> {
@@ -96,7 +102,11 @@ async fn run_child(
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let writer = tokio::spawn(async move {
-        // A child that dies early closes the pipe; its exit status tells why.
+        // The logo (its length first, 0 for none), then the image. A child that dies early
+        // closes the pipe; its exit status tells why.
+        let logo = logo.unwrap_or_default();
+        let _ = stdin.write_all(&(logo.len() as u32).to_be_bytes()).await;
+        let _ = stdin.write_all(&logo).await;
         let _ = stdin.write_all(&input).await;
     });
     let run = async {
@@ -194,18 +204,31 @@ fn child(args: &[String]) -> Result<(), String> {
         jpeg_quality: quality.parse().map_err(|_| "bad quality")?,
     };
     let timeout = Duration::from_millis(timeout_ms.parse().map_err(|_| "bad timeout")?);
-    let mut input = Vec::new();
+    let mut stdin = Vec::new();
     std::io::stdin()
-        .read_to_end(&mut input)
+        .read_to_end(&mut stdin)
         .map_err(|e| e.to_string())?;
+    let logo_len = stdin
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("no logo length")?;
+    let logo = stdin.get(4..4 + logo_len).ok_or("short logo")?;
+    let input = &stdin[4 + logo_len..];
+    if !logo.is_empty() {
+        match jobs::pipeline::decode_logo(logo) {
+            Ok(img) => jobs::tasks::use_uploaded_logo(img),
+            // Checked at upload; should it fail now, the steps that need it say so.
+            Err(e) => eprintln!("image child: {e}"),
+        }
+    }
     if std::env::var_os(FAULTS_ENV).is_some() {
-        inject_faults(&input);
+        inject_faults(input);
     }
     let answer = match Pipeline::parse(&pipeline) {
         Err(e) => Err(format!(
             "the batch's processing steps are no longer valid: {e}"
         )),
-        Ok(pipeline) => process_until(&input, &pipeline, &limits, Some(started + timeout))
+        Ok(pipeline) => process_until(input, &pipeline, &limits, Some(started + timeout))
             .map_err(|e| e.to_string()),
     };
     let (header, body) = match answer {

@@ -25,6 +25,8 @@ register_tasks! {
     grayscale::Grayscale,
 }
 
+pub use watermark::use_uploaded_logo;
+
 /// The pipeline a batch gets when it names none: the watermark with its defaults.
 pub fn default_pipeline() -> Pipeline {
     Pipeline::parse(&Value::Array(vec![

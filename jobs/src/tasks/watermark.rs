@@ -36,6 +36,15 @@ static PARAMS: &[ParamSpec] = &[
         kind: ParamKind::Text { max_len: 100, default: "" },
     },
     ParamSpec {
+        name: "logo",
+        label: "Logo",
+        help: "The bundled logo, or the logo file uploaded with the batch (chosen automatically when you send one).",
+        kind: ParamKind::Choice {
+            options: &["bundled", "uploaded"],
+            default: "bundled",
+        },
+    },
+    ParamSpec {
         name: "color",
         label: "Text colour",
         help: "Colour of the text (the logo keeps its own colours).",
@@ -116,9 +125,9 @@ impl ImageTask for Watermark {
     }
 
     fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError> {
-        let w = image.width();
+        let (w, h) = (image.width(), image.height());
         let settings = Settings::from_params(params);
-        let mark = settings.mark(w)?;
+        let mark = settings.mark(w, h)?;
         Ok(paint(image, |buf, width, height, channels| {
             settings.place(&mark, width, height, |x, y| {
                 blend(buf, width, height, channels, &mark, x, y)
@@ -127,8 +136,18 @@ impl ImageTask for Watermark {
     }
 }
 
+/// The logo uploaded with the batch being processed. Each image is processed in a process of
+/// its own (the worker's image child), which sets it before applying the pipeline.
+static UPLOADED_LOGO: OnceLock<RgbaImage> = OnceLock::new();
+
+/// Makes `logo` the one that steps with `logo: "uploaded"` draw, for the rest of this process.
+pub fn use_uploaded_logo(logo: RgbaImage) {
+    let _ = UPLOADED_LOGO.set(logo);
+}
+
 struct Settings<'a> {
     text: &'a str,
+    logo: &'a str,
     color: [u8; 3],
     position: &'a str,
     opacity: f64,
@@ -141,6 +160,7 @@ impl<'a> Settings<'a> {
     fn from_params(p: &'a Params) -> Self {
         Self {
             text: p.text("text").trim(),
+            logo: p.text("logo"),
             color: parse_color(p.text("color")).unwrap_or([255, 255, 255]),
             position: p.text("position"),
             opacity: p.float("opacity"),
@@ -150,17 +170,27 @@ impl<'a> Settings<'a> {
         }
     }
 
-    /// The mark to paint, already sized, faded and (when tiled) rotated.
-    fn mark(&self, w: u32) -> Result<RgbaImage, TaskError> {
+    /// The mark to paint, already sized, faded and (when tiled) rotated. Its width is `scale`
+    /// of the image's, but it is never taller than the image: a very wide, low image (20,000 ×
+    /// 10, say) gets a mark sized by its height, not a huge one.
+    fn mark(&self, w: u32, h: u32) -> Result<RgbaImage, TaskError> {
         let target_w = ((w as f64 * self.scale).round() as u32).clamp(1, w.max(1));
         let mut mark = if self.text.is_empty() {
-            let logo = logo();
+            let logo = if self.logo == "uploaded" {
+                UPLOADED_LOGO
+                    .get()
+                    .ok_or_else(|| TaskError("no logo was uploaded with this batch".into()))?
+            } else {
+                logo()
+            };
+            let fit_w = (h as f64 * logo.width() as f64 / logo.height() as f64).max(1.0) as u32;
+            let target_w = target_w.min(fit_w);
             let target_h = ((logo.height() as f64 * target_w as f64 / logo.width() as f64).round()
                 as u32)
                 .max(1);
             image::imageops::resize(logo, target_w, target_h, FilterType::Triangle)
         } else {
-            render_text(self.text, self.color, target_w)?
+            render_text(self.text, self.color, target_w, h)?
         };
         let opacity = self.opacity.clamp(0.0, 1.0);
         for px in mark.pixels_mut() {
@@ -240,16 +270,26 @@ fn font() -> &'static FontRef<'static> {
 
 /// Renders `text` about `target_w` pixels wide, in `color`, with a soft dark outline so that it
 /// reads on light and dark images alike.
-fn render_text(text: &str, color: [u8; 3], target_w: u32) -> Result<RgbaImage, TaskError> {
+/// The text, `target_w` wide (or less, to be at most about `max_h` high), white or `color` with
+/// a dark outline.
+fn render_text(
+    text: &str,
+    color: [u8; 3],
+    target_w: u32,
+    max_h: u32,
+) -> Result<RgbaImage, TaskError> {
     let font = font();
     let probe = 100.0;
-    let (probe_w, _) = imageproc::drawing::text_size(PxScale::from(probe), font, text);
+    let (probe_w, probe_h) = imageproc::drawing::text_size(PxScale::from(probe), font, text);
     if probe_w == 0 {
         return Err(TaskError(
             "the watermark text has no visible characters".into(),
         ));
     }
-    let size = (probe * target_w as f32 / probe_w as f32).clamp(4.0, 2000.0);
+    let by_width = probe * target_w as f32 / probe_w as f32;
+    // The padding and outline add about a third to the height of the glyphs.
+    let by_height = probe * max_h as f32 / (probe_h.max(1) as f32 * 1.35);
+    let size = by_width.min(by_height).clamp(4.0, 2000.0);
     let scale = PxScale::from(size);
     let (tw, th) = imageproc::drawing::text_size(scale, font, text);
     let pad = (size / 10.0).ceil() as u32 + 2;
@@ -264,19 +304,12 @@ fn render_text(text: &str, color: [u8; 3], target_w: u32) -> Result<RgbaImage, T
         font,
         text,
     );
-    let outline = ((size / 24.0).round() as i64).max(1);
+    let outline = ((size / 24.0).round() as u32).max(1);
+    // Outline: the most coverage within `outline` pixels.
+    let around = dilate(&coverage, outline);
     let mut out = RgbaImage::new(cw, ch);
     for (x, y, px) in out.enumerate_pixels_mut() {
-        // Outline: the most coverage within `outline` pixels.
-        let mut around = 0u8;
-        for dy in -outline..=outline {
-            for dx in -outline..=outline {
-                let (sx, sy) = (x as i64 + dx, y as i64 + dy);
-                if sx >= 0 && sy >= 0 && (sx as u32) < cw && (sy as u32) < ch {
-                    around = around.max(coverage.get_pixel(sx as u32, sy as u32).0[0]);
-                }
-            }
-        }
+        let around = around.get_pixel(x, y).0[0];
         let c = coverage.get_pixel(x, y).0[0] as u32;
         let shadow = around as u32 * 160 / 255;
         let alpha = c + shadow * (255 - c) / 255;
@@ -290,6 +323,31 @@ fn render_text(text: &str, color: [u8; 3], target_w: u32) -> Result<RgbaImage, T
         *px = Rgba([mix(color[0]), mix(color[1]), mix(color[2]), alpha as u8]);
     }
     Ok(out)
+}
+
+/// The largest value within `r` pixels (a square window), in two passes (rows, then columns):
+/// O(pixels × r) rather than O(pixels × r²), which matters for large text marks.
+fn dilate(src: &GrayImage, r: u32) -> GrayImage {
+    let (w, h) = src.dimensions();
+    let pass = |src: &GrayImage, horizontal: bool| {
+        let mut out = GrayImage::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let (pos, len) = if horizontal { (x, w) } else { (y, h) };
+                let (lo, hi) = (pos.saturating_sub(r), (pos + r).min(len - 1));
+                let most = (lo..=hi)
+                    .map(|i| {
+                        let (sx, sy) = if horizontal { (i, y) } else { (x, i) };
+                        src.get_pixel(sx, sy).0[0]
+                    })
+                    .max()
+                    .unwrap_or(0);
+                out.put_pixel(x, y, Luma([most]));
+            }
+        }
+        out
+    };
+    pass(&pass(src, true), false)
 }
 
 /// Rotates counter-clockwise by `degrees` on a canvas large enough to keep every corner.
@@ -437,6 +495,52 @@ mod tests {
         }
         let changed = out.pixels().filter(|p| p.0 != [100, 100, 100]).count();
         assert!(changed > 1000, "the mark painted only {changed} pixels");
+    }
+
+    #[test]
+    fn the_mark_is_never_taller_than_a_very_wide_low_image() {
+        let params = |v: serde_json::Value| {
+            let mut step = v;
+            step["task"] = json!("watermark");
+            Pipeline::parse(&json!([step])).expect("valid")
+        };
+        for text in ["", "Copyright 2026"] {
+            let p = params(json!({"text": text, "scale": 1.0, "position": "center"}));
+            let mark = Settings::from_params(&p.0[0].params)
+                .mark(100_000, 10)
+                .expect("a mark");
+            assert!(
+                mark.height() <= 14 && mark.width() <= 400,
+                "{text:?}: {}×{}",
+                mark.width(),
+                mark.height()
+            );
+            // Tiled and rotated, it grows by its rotation only.
+            let p = params(json!({"text": text, "scale": 1.0, "rotation": 45.0}));
+            let mark = Settings::from_params(&p.0[0].params)
+                .mark(100_000, 10)
+                .expect("a mark");
+            assert!(
+                mark.width() * mark.height() <= 400 * 400,
+                "{text:?} tiled: {}×{}",
+                mark.width(),
+                mark.height()
+            );
+        }
+    }
+
+    #[test]
+    fn dilate_takes_the_most_of_a_square_window() {
+        let mut img = GrayImage::new(7, 5);
+        img.put_pixel(3, 2, Luma([200]));
+        img.put_pixel(0, 0, Luma([50]));
+        let out = dilate(&img, 1);
+        for (x, y, px) in out.enumerate_pixels() {
+            let near = x.abs_diff(3) <= 1 && y.abs_diff(2) <= 1;
+            let corner = x <= 1 && y <= 1;
+            let want = if near { 200 } else if corner { 50 } else { 0 };
+            assert_eq!(px.0[0], want, "({x},{y})");
+        }
     }
 
     #[test]
