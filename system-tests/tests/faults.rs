@@ -180,7 +180,7 @@ async fn storage_unreachable_for_ten_seconds_is_waited_out() {
     // The refused submission left nothing behind.
     assert_eq!(sys.count("SELECT count(*) FROM batches").await, 2);
     println!(
-        "S3 cut for 10 s: {retried} images retried (at most {most} times each), none failed; all done {:.1} s after it came back",
+        "S3 cut for 10 s: {retried} images retried (the most retries of one image: {most}), none failed; all done {:.1} s after it came back",
         restored.elapsed().as_secs_f64()
     );
     sys.shutdown().await;
@@ -646,7 +646,7 @@ async fn three_replicas_purge_each_expired_batch_exactly_once() {
         .count("SELECT count(DISTINCT claimed_by) FROM cron_ticks WHERE job = 'purge'")
         .await;
     println!(
-        "three replicas: 6 expired batches purged exactly once each (purge ticks claimed by {replicas} different replicas); the batch in progress (40 images) finished whole"
+        "three replicas: 6 expired batches purged exactly once each (the purge ticks were won by {replicas} of the 3 replicas); the batch in progress (40 images) finished whole"
     );
     sys.shutdown().await;
 }
