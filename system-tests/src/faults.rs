@@ -83,8 +83,18 @@ impl PrivateRedis {
 
     /// Kills the server (SIGKILL) and starts an empty one on the same port after `down`.
     pub async fn restart_empty(&mut self, down: Duration) -> anyhow::Result<()> {
-        self.kill();
+        self.stop();
         tokio::time::sleep(down).await;
+        self.start_again().await
+    }
+
+    /// Kills the server (SIGKILL): Redis is down until [`PrivateRedis::start_again`].
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts an empty server on the same port.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.spawn().await
     }
 

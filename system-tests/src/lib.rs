@@ -68,6 +68,8 @@ pub struct Options {
     pub own_redis: bool,
     /// Reach S3 through a proxy the test can cut ([`System::s3_proxy`]).
     pub proxy_s3: bool,
+    /// Reach Postgres through a proxy the test can cut ([`System::postgres_proxy`]).
+    pub proxy_postgres: bool,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             env: Vec::new(),
             own_redis: false,
             proxy_s3: false,
+            proxy_postgres: false,
         }
     }
 }
@@ -89,6 +92,11 @@ impl Options {
 
     pub fn own_redis(mut self) -> Self {
         self.own_redis = true;
+        self
+    }
+
+    pub fn proxy_postgres(mut self) -> Self {
+        self.proxy_postgres = true;
         self
     }
 
@@ -116,6 +124,7 @@ pub struct System {
     logs: PathBuf,
     redis: Option<PrivateRedis>,
     s3_proxy: Option<TcpProxy>,
+    pg_proxy: Option<TcpProxy>,
 }
 
 impl System {
@@ -182,6 +191,19 @@ impl System {
         } else {
             None
         };
+        let pg_proxy = if options.proxy_postgres {
+            let host_port = db_url
+                .split_once('@')
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(hp, _)| hp.to_owned())
+                .context("DATABASE_URL as postgres://user:password@ip:port/db")?;
+            let proxy = TcpProxy::start(host_port.parse().context("an ip:port")?).await?;
+            let proxied = db_url.replacen(&host_port, &proxy.addr.to_string(), 1);
+            vars.insert("DATABASE_URL".into(), proxied);
+            Some(proxy)
+        } else {
+            None
+        };
         let storage = Storage::from_config(StorageConfig {
             endpoint: Some(s3_direct),
             region: vars["S3_REGION"].clone(),
@@ -209,6 +231,7 @@ impl System {
             logs,
             redis,
             s3_proxy,
+            pg_proxy,
         };
         system.start_web().await?;
         for worker in &options.workers {
@@ -446,6 +469,13 @@ impl System {
         self.s3_proxy
             .as_ref()
             .expect("started with Options::proxy_s3")
+    }
+
+    /// The proxy between this system and Postgres (started with [`Options::proxy_postgres`]).
+    pub fn postgres_proxy(&self) -> &TcpProxy {
+        self.pg_proxy
+            .as_ref()
+            .expect("started with Options::proxy_postgres")
     }
 
     /// The queue prefix of this system in Redis.

@@ -650,3 +650,76 @@ async fn three_replicas_purge_each_expired_batch_exactly_once() {
     );
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_dependency_down_submissions_answer_503_naming_it_and_store_nothing() {
+    let mut sys = System::start(
+        "deps-down",
+        options().own_redis().proxy_s3().proxy_postgres(),
+    )
+    .await
+    .expect("system starts");
+    let sent = batch("ok", 100, false);
+    let readyz = |sys: &System| {
+        let request = sys.http.get(sys.url("/readyz")).send();
+        async move {
+            let res = request.await.expect("readyz answers");
+            let code = res.status().as_u16();
+            (code, res.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let mut accepted = Vec::new();
+    for down in ["postgres", "redis", "s3"] {
+        match down {
+            "postgres" => sys.postgres_proxy().cut(),
+            "redis" => sys.redis().stop(),
+            _ => sys.s3_proxy().cut(),
+        }
+        let (code, body) = readyz(&sys).await;
+        assert_eq!(code, 503, "{down}: {body}");
+        for dep in ["postgres", "redis", "s3"] {
+            let want = if dep == down { "unavailable" } else { "ok" };
+            assert_eq!(body[dep], want, "{down} down: {body}");
+        }
+        let (code, body) = sys.submit(&files(&sent[..3]), None).await.expect("answers");
+        assert_eq!(code, 503, "{down} down: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        let named = match down {
+            "postgres" => "Postgres",
+            "redis" => "Redis",
+            _ => "S3",
+        };
+        assert!(
+            message.contains(named) && message.contains("nothing was accepted"),
+            "{down} down: {message}"
+        );
+        match down {
+            "postgres" => sys.postgres_proxy().restore(),
+            "redis" => sys.redis().start_again().await.expect("Redis starts"),
+            _ => sys.s3_proxy().restore(),
+        }
+        // Back up: the same submission goes through.
+        let started = Instant::now();
+        let id = loop {
+            let (code, body) = sys
+                .submit(&files(&sent), Some(&checks::pipeline()))
+                .await
+                .expect("answers");
+            if code == 202 {
+                break body["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{down} back up, but: {code} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        accepted.push((id, sent.clone()));
+    }
+    // Nothing half-written: only the accepted batches exist, whole.
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 3);
+    verify_all(&sys, &accepted, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    sys.shutdown().await;
+}
