@@ -18,6 +18,38 @@ pub mod telemetry;
 pub use config::Settings;
 pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus};
 
+/// The ids a process is working on right now (uploads being received, images being processed):
+/// shared by its tasks, cheap to clone.
+#[derive(Debug)]
+pub struct InProgress<T>(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<T>>>);
+
+impl<T> Clone for InProgress<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for InProgress<T> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<T: Copy + Eq + std::hash::Hash> InProgress<T> {
+    pub fn add(&self, id: T) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    pub fn remove(&self, id: T) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    pub fn ids(&self) -> Vec<T> {
+        let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter().copied().collect()
+    }
+}
+
 /// Runs `connect` until it succeeds, every two seconds, logging once per distinct problem: a
 /// process started before its database or Redis waits for them instead of exiting.
 pub async fn wait_for<T, E, F, Fut>(what: &str, mut connect: F) -> T

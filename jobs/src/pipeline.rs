@@ -213,6 +213,15 @@ pub fn process_until(
     })
 }
 
+/// A decoder's message without the internals some of them append (the PNG decoder adds a
+/// Rust debug dump of the chunk: `… while decoding ChunkType { type: IDAT, … } chunk.`).
+fn readable(message: &str) -> String {
+    match message.find(" while decoding ChunkType") {
+        Some(at) => message[..at].trim_end().to_owned(),
+        None => message.to_owned(),
+    }
+}
+
 fn check_size(width: u64, height: u64, limits: &Limits) -> Result<(), ProcessError> {
     if width == 0 || height == 0 {
         return Err(ProcessError::Corrupt("it has no pixels".into()));
@@ -286,7 +295,7 @@ fn decode_generic(
         image::ImageError::Unsupported(u) => {
             ProcessError::Corrupt(format!("unsupported variant: {u}"))
         }
-        other => ProcessError::Corrupt(other.to_string()),
+        other => ProcessError::Corrupt(readable(&other.to_string())),
     };
     let mut reader = ImageReader::with_format(Cursor::new(input), format.image_format());
     let mut image_limits = image::Limits::default();
@@ -472,6 +481,18 @@ mod tests {
         )
         .expect_err("random");
         assert!(matches!(err, ProcessError::Unsupported));
+        // A PNG whose first chunk has a wrong checksum: a reason without the decoder's internals.
+        let mut png = Vec::new();
+        DynamicImage::new_rgb8(8, 8)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .expect("encodes");
+        png[29] ^= 0xff; // a byte of IHDR's CRC
+        let err = process(&png, &default_pipeline(), &LIMITS).expect_err("bad CRC");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the image is damaged") && !text.contains('{'),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Application state and the router.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -25,7 +24,7 @@ pub struct AppState {
     pub queues: Queues,
     pub settings: Arc<jobs::Settings>,
     /// Batches this process is receiving right now (their progress is reported to Postgres).
-    pub uploads: Uploads,
+    pub uploads: jobs::InProgress<BatchId>,
 }
 
 impl AppState {
@@ -45,7 +44,7 @@ impl AppState {
             storage,
             queues,
             settings: Arc::new(settings),
-            uploads: Uploads::default(),
+            uploads: jobs::InProgress::default(),
         })
     }
 
@@ -70,7 +69,7 @@ impl AppState {
         let every = self.settings.upload_stale() / 4;
         loop {
             tokio::time::sleep(every).await;
-            let batches = self.uploads.batches();
+            let batches = self.uploads.ids();
             if batches.is_empty() {
                 continue;
             }
@@ -109,29 +108,6 @@ impl Probe {
             [one] => (*one).to_owned(),
             [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
         }
-    }
-}
-
-/// The set of batches being received by this process.
-#[derive(Clone, Default)]
-pub struct Uploads(Arc<Mutex<HashSet<BatchId>>>);
-
-impl Uploads {
-    pub fn add(&self, batch: BatchId) {
-        self.0.lock().expect("not poisoned").insert(batch);
-    }
-
-    pub fn remove(&self, batch: BatchId) {
-        self.0.lock().expect("not poisoned").remove(&batch);
-    }
-
-    fn batches(&self) -> Vec<BatchId> {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .copied()
-            .collect()
     }
 }
 

@@ -1,7 +1,6 @@
 //! The two job handlers and the apalis monitor that runs them.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
@@ -23,39 +22,24 @@ pub struct Ctx {
     pub settings: Arc<jobs::Settings>,
     pub worker: Arc<str>,
     pub child: ChildSettings,
-    pub in_hand: InHand,
+    /// The images this worker is processing right now, handed back to the dispatcher should
+    /// the worker stop before it finishes them.
+    pub in_hand: jobs::InProgress<jobs::ImageId>,
 }
 
-/// The images this worker is processing right now, handed back to the dispatcher should the
-/// worker stop before it finishes them.
-#[derive(Clone, Default)]
-pub struct InHand(Arc<Mutex<HashSet<jobs::ImageId>>>);
-
-impl InHand {
-    fn hold(&self, image: jobs::ImageId) -> Held {
-        self.0.lock().expect("not poisoned").insert(image);
-        Held(self.clone(), image)
-    }
-
-    pub fn images(&self) -> Vec<jobs::ImageId> {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .copied()
-            .collect()
-    }
-}
-
-/// An image in hand. [`Held::release`] runs when its handler ends; a handler dropped in the
-/// middle (the worker is stopping) leaves its image in [`InHand`], to be handed back.
-struct Held(InHand, jobs::ImageId);
+/// An image in hand (in `Ctx::in_hand`). [`Held::release`] runs when its handler ends; a
+/// handler dropped in the middle (the worker is stopping) leaves its image in the set, to be
+/// handed back.
+struct Held(jobs::InProgress<jobs::ImageId>, jobs::ImageId);
 
 impl Held {
+    fn new(set: &jobs::InProgress<jobs::ImageId>, image: jobs::ImageId) -> Self {
+        set.add(image);
+        Self(set.clone(), image)
+    }
+
     fn release(self) {
-        if let Ok(mut set) = (self.0).0.lock() {
-            set.remove(&self.1);
-        }
+        self.0.remove(self.1);
     }
 }
 
@@ -92,8 +76,11 @@ pub async fn run_monitor(
         .should_restart(|worker, error| {
             let restarts = worker.restarts();
             tracing::warn!(worker = worker.name(), restarts, error = %error, "queue worker stopped; restarting");
-            // Back off a little so that a Redis outage does not become a busy loop.
-            std::thread::sleep(Duration::from_millis((200 * (restarts as u64 + 1)).min(3000)));
+            // Back off a little so that a Redis outage does not become a busy loop. The hook is
+            // synchronous: `block_in_place` hands this thread's other tasks (heartbeats, images
+            // finishing, the dispatcher) to another thread while it sleeps.
+            let pause = Duration::from_millis((200 * (restarts as u64 + 1)).min(3000));
+            tokio::task::block_in_place(|| std::thread::sleep(pause));
             true
         })
         .shutdown_timeout(grace);
@@ -121,7 +108,7 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     let Some(work) = db::start_image(&ctx.db, job.image).await? else {
         return Ok(()); // already done, failed, or its batch is gone: nothing to do
     };
-    let held = ctx.in_hand.hold(job.image);
+    let held = Held::new(&ctx.in_hand, job.image);
     let result = process_started(&ctx, &job, &work).await;
     held.release();
     result

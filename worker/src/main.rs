@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             memory_limit_bytes: cli.image_memory_limit_mb * 1024 * 1024,
             faults: cli.fault_injection,
         },
-        in_hand: handlers::InHand::default(),
+        in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
 
@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     dispatcher.abort();
     // Images still in hand after the grace period go back to the queue at once, rather than
     // waiting for Redis to notice that this worker is gone.
-    let unfinished = ctx.in_hand.images();
+    let unfinished = ctx.in_hand.ids();
     if !unfinished.is_empty() {
         match jobs::db::hand_back(&ctx.db, &unfinished).await {
             Ok(n) => tracing::info!(images = n, "handed unfinished images back to the queue"),
