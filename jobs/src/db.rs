@@ -504,19 +504,20 @@ pub async fn release_stale_images(db: &Db, stale: Duration) -> Result<u64, sqlx:
     Ok(r.rows_affected())
 }
 
-/// Batches that are complete (every image done or failed) but have had no archive for `stale`:
-/// moves them to `archiving` (touching `updated_at`) and returns them for an archive job.
-pub async fn requeue_stale_archives(db: &Db, stale: Duration) -> Result<Vec<BatchId>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE batches SET status = 'archiving', updated_at = now()
+/// Batches that are complete (every image done or failed) but have had no archive for `stale`
+/// (its job was lost, or kept failing): moves them to `archiving` with no archive job, so that
+/// the next dispatch pushes one. Returns how many.
+pub async fn release_stale_archives(db: &Db, stale: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE batches SET status = 'archiving', archive_enqueued_at = NULL, updated_at = now()
          WHERE status IN ('queued', 'processing', 'archiving')
            AND done_count + failed_count = total
-           AND updated_at < now() - make_interval(secs => $1)
-         RETURNING id",
+           AND updated_at < now() - make_interval(secs => $1)",
     )
     .bind(stale.as_secs_f64())
-    .fetch_all(db)
-    .await
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Uploads that broke off (`uploading` with no progress reported for `stale`: the `web` that

@@ -4,6 +4,9 @@
 //! apalis-redis limit on jobs due at once (about 8,000 kill every worker). Batches go out in the
 //! order they were queued.
 //!
+//! Archive jobs go the same way: a batch whose images are all done or failed waits in
+//! `archiving` with `archive_enqueued_at` unset until a dispatch pushes its job.
+//!
 //! The dispatcher also notices when Redis has lost its data (the epoch key is gone: a restart
 //! without persistence, a `FLUSHALL`, a failover to an empty replica) and hands every image and
 //! archive that Redis held back to the queue at once, instead of waiting for the reconciler.
@@ -29,7 +32,7 @@ pub struct Dispatched {
     pub images: usize,
     /// True when Redis was found empty and everything it held was handed back.
     pub redis_was_reset: bool,
-    /// Archive jobs pushed again after Redis lost its data.
+    /// Archive jobs pushed (for batches that just completed, or again after a loss).
     pub archives: usize,
 }
 
@@ -61,24 +64,35 @@ pub async fn dispatch(db: &Db, queues: &Queues, window: u32) -> Result<Dispatche
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let archiving: Vec<BatchId> =
-            sqlx::query_scalar("SELECT id FROM batches WHERE status = 'archiving'")
-                .fetch_all(&mut *tx)
-                .await?;
-        for batch in &archiving {
-            queues.enqueue_archive(*batch).await?;
-        }
+        let archives = sqlx::query(
+            "UPDATE batches SET archive_enqueued_at = NULL
+             WHERE status = 'archiving' AND archive_enqueued_at IS NOT NULL",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         queues.set_epoch().await?;
         report.redis_was_reset = true;
-        report.archives = archiving.len();
-        if forgotten > 0 || !archiving.is_empty() {
+        if forgotten > 0 || archives > 0 {
             tracing::warn!(
                 images = forgotten,
-                archives = archiving.len(),
+                archives,
                 "Redis lost its jobs; enqueueing them again from Postgres"
             );
         }
     }
+
+    let archives: Vec<BatchId> = sqlx::query_scalar(
+        "UPDATE batches SET archive_enqueued_at = now()
+         WHERE status = 'archiving' AND archive_enqueued_at IS NULL
+         RETURNING id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for batch in &archives {
+        queues.enqueue_archive(*batch).await?;
+    }
+    report.archives = archives.len();
 
     let in_redis: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM images WHERE status = 'pending' AND enqueued_at IS NOT NULL",

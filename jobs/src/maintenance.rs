@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::db::{self, Db};
 use crate::domain::keys;
-use crate::queue::Queues;
 use crate::storage::Storage;
 
 /// What one purge run did.
@@ -64,7 +63,6 @@ pub struct ReconcileSettings {
 pub async fn reconcile(
     db: &Db,
     storage: &Storage,
-    queues: &Queues,
     settings: ReconcileSettings,
 ) -> anyhow::Result<ReconcileReport> {
     let mut report = ReconcileReport::default();
@@ -78,10 +76,13 @@ pub async fn reconcile(
         );
     }
 
-    for batch in db::requeue_stale_archives(db, settings.stale_after).await? {
-        queues.enqueue_archive(batch).await?;
-        report.archives_requeued += 1;
-        tracing::warn!(%batch, "re-enqueued the archive of a complete batch");
+    let archives = db::release_stale_archives(db, settings.stale_after).await?;
+    if archives > 0 {
+        report.archives_requeued = archives as usize;
+        tracing::warn!(
+            batches = archives,
+            "handed stale archive jobs back to the dispatcher"
+        );
     }
 
     for batch in

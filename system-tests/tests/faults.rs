@@ -723,3 +723,39 @@ async fn with_a_dependency_down_submissions_answer_503_naming_it_and_store_nothi
         .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_left_waiting_for_its_archive_by_a_crash_gets_it() {
+    let sys = System::start("archive-crash", options())
+        .await
+        .expect("system starts");
+    let batches = submit_batches(&sys, 1, 100, false).await;
+    let id = &batches[0].0;
+    sys.wait_final(id, Duration::from_secs(60))
+        .await
+        .expect("final");
+    // What a worker that died between completing the batch and pushing its archive job leaves:
+    // the batch in `archiving`, no archive job anywhere, no zip.
+    sys.storage
+        .delete_prefix(&format!("batches/{id}/result.zip"))
+        .await
+        .expect("deletes the zip");
+    sqlx::query(
+        "UPDATE batches SET status = 'archiving', archive_enqueued_at = NULL, archive_bytes = NULL,
+                finished_at = NULL, expires_at = NULL
+         WHERE id::text = $1",
+    )
+    .bind(id)
+    .execute(&sys.db)
+    .await
+    .expect("update");
+    let started = Instant::now();
+    verify_all(&sys, &batches, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    println!(
+        "archive after a crash: the zip was built again {:.1} s later, without the reconciler",
+        started.elapsed().as_secs_f64()
+    );
+    sys.shutdown().await;
+}

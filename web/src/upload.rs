@@ -147,17 +147,15 @@ async fn receive_into(
     }
     let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
     let recorded = db::record_upload(&state.db, batch, &pipeline, &files).await?;
-    // Committed: from here on the batch cannot be lost. Its images wait in Postgres until a
-    // dispatcher sends them to Redis: this one now, or the workers' should Redis fail now.
+    // Committed: from here on the batch cannot be lost. Its images (or, when every file was
+    // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
+    // now, or the workers' should Redis fail now.
     if let Err(e) =
         jobs::dispatch::dispatch(&state.db, &state.queues, settings.dispatch_window).await
     {
         tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }
     let status = if recorded.complete {
-        if let Err(e) = state.queues.enqueue_archive(batch).await {
-            tracing::warn!(%batch, error = %e, "could not enqueue the archive; the reconciler will");
-        }
         jobs::BatchStatus::Archiving
     } else {
         jobs::BatchStatus::Queued

@@ -52,7 +52,7 @@ pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
                 if !claim(&ctx, "reconcile").await {
                     return;
                 }
-                match jobs::maintenance::reconcile(&ctx.db, &ctx.storage, &ctx.queues, reconcile).await {
+                match jobs::maintenance::reconcile(&ctx.db, &ctx.storage, reconcile).await {
                     Ok(r) if r != Default::default() => tracing::info!(?r, "reconciler repaired"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reconciler failed; the next tick tries again"),

@@ -203,10 +203,11 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
 
 async fn finish(ctx: &Ctx, image: jobs::ImageId, outcome: ImageOutcome) -> JobResult {
     if let Some(batch) = db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await? {
-        // The last image of the batch: the zip is next. Should Redis be unreachable now, the
-        // reconciler enqueues it later.
-        if let Err(e) = ctx.queues.enqueue_archive(batch).await {
-            tracing::warn!(%batch, error = %e, "could not enqueue the archive; the reconciler will");
+        // The last image of the batch: its archive job goes out now. Should that fail, the
+        // batch waits in Postgres and the next dispatch sends it.
+        let window = ctx.settings.dispatch_window;
+        if let Err(e) = jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
+            tracing::warn!(%batch, error = %e, "could not dispatch the archive now; the dispatcher will");
         }
     }
     Ok(())
