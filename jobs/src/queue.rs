@@ -217,6 +217,51 @@ impl Queues {
         Ok(deleted)
     }
 
+    /// Deletes the metadata hashes of workers that are gone (apalis-redis removes a dead
+    /// worker from `{queue}:workers` but keeps its hash). Returns how many were deleted.
+    pub async fn forget_dead_workers(&self) -> Result<usize, QueueError> {
+        let err = |e: redis::RedisError| QueueError(format!("cannot tidy workers: {e}"));
+        let mut conn = self.conn.clone();
+        let mut deleted = 0;
+        for queue in [image_queue(&self.prefix), archive_queue(&self.prefix)] {
+            let prefix = format!("{queue}:workers:metadata:");
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(err)?;
+                for key in keys {
+                    let name = &key[prefix.len()..];
+                    let alive: Option<f64> = redis::cmd("ZSCORE")
+                        .arg(format!("{queue}:workers"))
+                        .arg(name)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(err)?;
+                    if alive.is_none() {
+                        let _: () = redis::cmd("DEL")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(err)?;
+                        deleted += 1;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Answers when Redis does (for `/readyz`). The connection notices a Redis restart only when
     /// a command fails on the old socket, and reconnects then: so one failure is retried once.
     pub async fn ping(&self) -> Result<(), QueueError> {

@@ -84,6 +84,25 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     verify_all(&sys, &batches, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}; logs in {}", sys.logs().display()));
+    // The dead workers' metadata does not stay in Redis (apalis-redis would keep it forever).
+    let mut conn = sys.redis_connection().await.expect("connects");
+    let pattern = format!("{}:*:workers:metadata:worker-[ab]-*", sys.queue_prefix());
+    let started = Instant::now();
+    loop {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "dead workers' metadata left: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     println!(
         "kill -9: 120 images, {in_flight} left when the last worker died; all done {:.1} s after the first kill; most attempts at one image: {}",
         killed.elapsed().as_secs_f64(),

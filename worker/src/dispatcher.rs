@@ -1,5 +1,6 @@
 //! The dispatcher loop every worker runs: keeps Redis fed from Postgres (see
-//! `jobs::dispatch`), notices a Redis that lost its data, and trims finished jobs from Redis.
+//! `jobs::dispatch`), notices a Redis that lost its data, and trims finished jobs and dead
+//! workers' metadata from Redis.
 
 use std::time::{Duration, Instant};
 
@@ -8,11 +9,14 @@ use crate::handlers::Ctx;
 /// How often finished jobs are trimmed from Redis, and how many per queue at most each time.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 const TRIM_MAX: usize = 5000;
+/// How often the metadata of dead workers is deleted (it takes a scan of the keyspace).
+const TIDY_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Ctx, interval: Duration) {
     let window = ctx.settings.dispatch_window;
     let mut failing: Option<String> = None;
     let mut last_trim = Instant::now();
+    let mut last_tidy = Instant::now();
     loop {
         match jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
             Ok(report) => {
@@ -38,6 +42,12 @@ pub async fn run(ctx: Ctx, interval: Duration) {
                 Ok(n) if n > 0 => tracing::debug!(jobs = n, "trimmed finished jobs from Redis"),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot trim finished jobs"),
+            }
+        }
+        if last_tidy.elapsed() >= TIDY_EVERY {
+            last_tidy = Instant::now();
+            if let Err(e) = ctx.queues.forget_dead_workers().await {
+                tracing::debug!(error = %e, "cannot tidy dead workers");
             }
         }
         tokio::time::sleep(interval).await;
