@@ -317,6 +317,32 @@ impl System {
         Ok((status, res.json().await?))
     }
 
+    /// `POST /batches` as the browser form sends it: `form=1`, then `fields` (such as
+    /// `("task", "watermark")`, `("watermark.opacity", "0.8")`) in order, then the `files`. The
+    /// answer is not followed (303 to the waiting page, or the form again with the problem).
+    pub async fn submit_form(
+        &self,
+        fields: &[(&str, &str)],
+        files: &[(&str, Vec<u8>)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut form = reqwest::multipart::Form::new().text("form", "1");
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        for (name, bytes) in files {
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            );
+        }
+        Ok(self
+            .http
+            .post(self.url("/batches"))
+            .multipart(form)
+            .send()
+            .await?)
+    }
+
     /// Submits and expects 202; returns the batch id.
     pub async fn submit_ok(
         &self,

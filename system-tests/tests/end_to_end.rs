@@ -291,22 +291,17 @@ async fn the_form_redirects_to_a_page_that_escapes_file_names() {
         assert!(form.contains(field), "the form lacks {field}");
     }
     let hostile = "<script>alert(1)</script>.png";
-    let form = reqwest::multipart::Form::new()
-        .text("form", "1")
-        .text("task", "watermark")
-        .text("watermark.position", "top-left")
-        .text("watermark.opacity", "0.8")
-        .text("watermark.text", "© Test")
-        .text("task", "grayscale")
-        .part(
-            "files",
-            reqwest::multipart::Part::bytes(flat_png(50, 40, [9, 9, 9, 255])).file_name(hostile),
-        );
     let res = sys
-        .http
-        .post(sys.url("/batches"))
-        .multipart(form)
-        .send()
+        .submit_form(
+            &[
+                ("task", "watermark"),
+                ("watermark.position", "top-left"),
+                ("watermark.opacity", "0.8"),
+                ("watermark.text", "© Test"),
+                ("task", "grayscale"),
+            ],
+            &[(hostile, flat_png(50, 40, [9, 9, 9, 255]))],
+        )
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 303);
@@ -354,19 +349,11 @@ async fn the_form_redirects_to_a_page_that_escapes_file_names() {
     );
 
     // A bad parameter comes back as the form with the problem, and creates nothing.
-    let form = reqwest::multipart::Form::new()
-        .text("form", "1")
-        .text("task", "watermark")
-        .text("watermark.opacity", "7")
-        .part(
-            "files",
-            reqwest::multipart::Part::bytes(flat_png(5, 5, [9, 9, 9, 255])).file_name("x.png"),
-        );
     let res = sys
-        .http
-        .post(sys.url("/batches"))
-        .multipart(form)
-        .send()
+        .submit_form(
+            &[("task", "watermark"), ("watermark.opacity", "7")],
+            &[("x.png", flat_png(5, 5, [9, 9, 9, 255]))],
+        )
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);

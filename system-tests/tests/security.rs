@@ -71,18 +71,8 @@ async fn batch_ids_are_random_version_4_uuids() {
     }
     // The form's redirect carries ids of the same kind.
     for i in 0..5 {
-        let form = reqwest::multipart::Form::new()
-            .text("form", "1")
-            .text("task", "grayscale")
-            .part(
-                "files",
-                reqwest::multipart::Part::bytes(small_png(i)).file_name("a.png"),
-            );
         let res = sys
-            .http
-            .post(sys.url("/batches"))
-            .multipart(form)
-            .send()
+            .submit_form(&[("task", "grayscale")], &[("a.png", small_png(i))])
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), 303);
@@ -463,18 +453,8 @@ async fn no_page_answer_or_link_reveals_storage_credentials_or_urls() {
     let (_, status) = sys.status(&failed).await.unwrap();
     assert_eq!(status["status"], "failed");
 
-    let form = reqwest::multipart::Form::new()
-        .text("form", "1")
-        .text("task", "watermark")
-        .part(
-            "files",
-            reqwest::multipart::Part::bytes(small_png(2)).file_name("d.png"),
-        );
     let res = sys
-        .http
-        .post(sys.url("/batches"))
-        .multipart(form)
-        .send()
+        .submit_form(&[("task", "watermark")], &[("d.png", small_png(2))])
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 303);
@@ -543,18 +523,8 @@ async fn no_page_answer_or_link_reveals_storage_credentials_or_urls() {
     let res = sys.http.get(sys.url(&download)).send().await.unwrap();
     assert_ne!(res.status().as_u16(), 200);
     check("a download with storage down", &answer_text(res).await);
-    let form = reqwest::multipart::Form::new()
-        .text("form", "1")
-        .text("task", "grayscale")
-        .part(
-            "files",
-            reqwest::multipart::Part::bytes(small_png(6)).file_name("f.png"),
-        );
     let res = sys
-        .http
-        .post(sys.url("/batches"))
-        .multipart(form)
-        .send()
+        .submit_form(&[("task", "grayscale")], &[("f.png", small_png(6))])
         .await
         .unwrap();
     assert!(res.status().as_u16() >= 500, "{}", res.status());
@@ -612,15 +582,8 @@ async fn every_answer_carries_the_security_headers() {
         let res = sys.http.get(sys.url(&path)).send().await.unwrap();
         answers.push((format!("GET {path}"), res));
     }
-    let form = reqwest::multipart::Form::new().text("form", "1").part(
-        "files",
-        reqwest::multipart::Part::bytes(small_png(2)).file_name("b.png"),
-    );
     let res = sys
-        .http
-        .post(sys.url("/batches"))
-        .multipart(form)
-        .send()
+        .submit_form(&[], &[("b.png", small_png(2))])
         .await
         .unwrap();
     answers.push(("POST /batches (a form with no task)".into(), res));
