@@ -50,9 +50,15 @@ impl<T: Copy + Eq + std::hash::Hash> InProgress<T> {
     }
 }
 
-/// Runs `connect` until it succeeds, every two seconds, logging once per distinct problem: a
-/// process started before its database or Redis waits for them instead of exiting.
-pub async fn wait_for<T, E, F, Fut>(what: &str, mut connect: F) -> T
+/// Runs `connect` until it succeeds, every two seconds, logging once per distinct problem, as
+/// long as the problem is `transient` (the service is not up yet); any other problem (a wrong
+/// password, a malformed URL, a failed migration) is returned at once, so that a misconfigured
+/// process exits with the reason instead of waiting forever.
+pub async fn wait_for<T, E, F, Fut>(
+    what: &str,
+    transient: fn(&E) -> bool,
+    mut connect: F,
+) -> anyhow::Result<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -65,9 +71,9 @@ where
                 if last.is_some() {
                     tracing::info!("{what} is reachable");
                 }
-                return value;
+                return Ok(value);
             }
-            Err(e) => {
+            Err(e) if transient(&e) => {
                 let message = e.to_string();
                 if last.as_deref() != Some(message.as_str()) {
                     tracing::warn!(error = %message, "waiting for {what}");
@@ -75,6 +81,31 @@ where
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
+            Err(e) => anyhow::bail!("cannot use {what}: {e}"),
         }
     }
+}
+
+/// Connects to Postgres (and migrates), waiting while it is not up.
+pub async fn connect_db(url: &str) -> anyhow::Result<db::Db> {
+    fn transient(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+            // 57P03: the database system is starting up (or shutting down).
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+            _ => false,
+        }
+    }
+    wait_for("Postgres (DATABASE_URL)", transient, || db::connect(url)).await
+}
+
+/// Connects to Redis, waiting while it is not up.
+pub async fn connect_redis(url: &str) -> anyhow::Result<apalis_redis::ConnectionManager> {
+    fn transient(e: &redis::RedisError) -> bool {
+        e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
+    }
+    wait_for("Redis (REDIS_URL)", transient, || {
+        apalis_redis::connect(url)
+    })
+    .await
 }

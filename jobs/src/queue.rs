@@ -84,13 +84,6 @@ impl std::fmt::Debug for Queues {
 }
 
 impl Queues {
-    pub async fn connect(redis_url: &str, prefix: &str) -> Result<Self, QueueError> {
-        let conn = apalis_redis::connect(redis_url)
-            .await
-            .map_err(|e| QueueError(format!("cannot connect to Redis: {e}")))?;
-        Ok(Self::with_connection(conn, prefix, 1))
-    }
-
     /// Builds the queues on a connection. `batch_size` is how many jobs one fetch takes.
     pub fn with_connection(conn: ConnectionManager, prefix: &str, batch_size: usize) -> Self {
         Self {

@@ -428,6 +428,16 @@ impl System {
         }
     }
 
+    /// A command for the binary `bin` (`web` or `worker`) with this system's environment, for
+    /// tests that start one by hand with some of it changed.
+    pub fn command(&self, bin: &str) -> Command {
+        let mut cmd = Command::new(binaries().join(bin));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env);
+        cmd
+    }
+
     /// Kills `web` with SIGKILL.
     pub fn kill_web(&mut self) {
         if let Some(mut web) = self.web.take() {

@@ -645,3 +645,80 @@ async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() 
     assert!(stray.is_empty(), "refused uploads left {stray:?}");
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misconfigured_process_exits_with_its_reason_and_one_started_early_waits() {
+    let sys = System::start("startup", Options::default().workers(&[]))
+        .await
+        .expect("system starts");
+    let url: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&sys.db)
+        .await
+        .map(|db: String| {
+            let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+            let (head, _) = base.rsplit_once('/').expect("a URL with a database");
+            format!("{head}/{db}")
+        })
+        .expect("query");
+    let wrong_password = {
+        let (credentials, host) = url
+            .trim_start_matches("postgres://")
+            .split_once('@')
+            .expect("postgres://user:password@host/db");
+        let user = credentials.split(':').next().expect("a user");
+        format!("postgres://{user}:not-the-password@{host}")
+    };
+    let closed_port = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("binds")
+            .local_addr()
+            .expect("addr")
+            .port();
+        format!("postgres://watermark:x@127.0.0.1:{port}/watermark")
+    };
+    for bin in ["web", "worker"] {
+        // A wrong password: the process exits at once, naming the setting, not the secret.
+        let out = tokio::task::spawn_blocking({
+            let mut cmd = sys.command(bin);
+            cmd.env("DATABASE_URL", &wrong_password).env("PORT", "0");
+            move || cmd.output()
+        })
+        .await
+        .expect("joins")
+        .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} started with a wrong password");
+        assert!(
+            stderr.contains("cannot use Postgres (DATABASE_URL)")
+                && stderr.contains("password authentication failed"),
+            "{bin}: {stderr}"
+        );
+        assert!(!stderr.contains("not-the-password"), "{bin}: {stderr}");
+
+        // Nothing listening yet: it waits (and says so) instead of exiting.
+        let log = sys.logs().join(format!("{bin}-waiting.log"));
+        let mut child = sys
+            .command(bin)
+            .env("DATABASE_URL", &closed_port)
+            .env("PORT", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starts");
+        let started = Instant::now();
+        let said = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("waiting for Postgres") || started.elapsed() > Duration::from_secs(20)
+            {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let waiting = child.try_wait().expect("polls").is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(said.contains("waiting for Postgres"), "{bin}: {said}");
+        assert!(waiting, "{bin} did not wait for Postgres: {said}");
+    }
+    sys.shutdown().await;
+}

@@ -28,16 +28,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Connects to Postgres and Redis, waiting for them when they are not up yet.
+    /// Connects to Postgres and Redis, waiting for them when they are not up yet (and failing at
+    /// once when they refuse this configuration).
     pub async fn connect(settings: jobs::Settings) -> anyhow::Result<Self> {
-        let db = jobs::wait_for("Postgres (DATABASE_URL)", || {
-            jobs::db::connect(settings.database_url())
-        })
-        .await;
-        let queues = jobs::wait_for("Redis (REDIS_URL)", || {
-            Queues::connect(settings.redis_url(), &settings.queue_prefix)
-        })
-        .await;
+        let db = jobs::connect_db(settings.database_url()).await?;
+        let conn = jobs::connect_redis(settings.redis_url()).await?;
+        let queues = Queues::with_connection(conn, &settings.queue_prefix, 1);
         let storage = Storage::new(&settings);
         Ok(Self {
             db,

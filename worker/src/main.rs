@@ -103,15 +103,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(cli.settings.clone());
     let name = cli.worker_name();
     let concurrency = cli.concurrency();
-    let db = jobs::wait_for("Postgres (DATABASE_URL)", || {
-        jobs::db::connect(settings.database_url())
-    })
-    .await;
+    let db = jobs::connect_db(settings.database_url()).await?;
     let storage = jobs::storage::Storage::new(&settings);
-    let conn = jobs::wait_for("Redis (REDIS_URL)", || {
-        apalis_redis::connect(settings.redis_url())
-    })
-    .await;
+    let conn = jobs::connect_redis(settings.redis_url()).await?;
     let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, concurrency);
     let ctx = handlers::Ctx {
         db,
