@@ -93,6 +93,12 @@ pub async fn connect_db(url: &str) -> anyhow::Result<db::Db> {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
             // 57P03: the database system is starting up (or shutting down).
             sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+            // The connection broke while migrating.
+            sqlx::Error::Migrate(m) => match m.as_ref() {
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => transient(e),
+                _ => false,
+            },
             _ => false,
         }
     }
