@@ -30,8 +30,6 @@ const DISPATCH_LOCK: i64 = 0x776d_6469_7370_6174; // "wmdispat"
 pub struct Dispatched {
     /// Image jobs pushed to Redis.
     pub images: usize,
-    /// True when Redis was found empty and everything it held was handed back.
-    pub redis_was_reset: bool,
     /// Archive jobs pushed (for batches that just completed, or again after a loss).
     pub archives: usize,
 }
@@ -72,7 +70,6 @@ pub async fn dispatch(db: &Db, queues: &Queues, window: u32) -> Result<Dispatche
         .await?
         .rows_affected();
         queues.set_epoch().await?;
-        report.redis_was_reset = true;
         if forgotten > 0 || archives > 0 {
             tracing::warn!(
                 images = forgotten,

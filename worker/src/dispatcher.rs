@@ -23,8 +23,12 @@ pub async fn run(ctx: Ctx, interval: Duration) {
                 if failing.take().is_some() {
                     tracing::info!("dispatching again");
                 }
-                if report.images > 0 {
-                    tracing::debug!(images = report.images, "dispatched image jobs");
+                if report.images > 0 || report.archives > 0 {
+                    tracing::debug!(
+                        images = report.images,
+                        archives = report.archives,
+                        "dispatched jobs"
+                    );
                 }
             }
             Err(e) => {
