@@ -3,12 +3,13 @@
 //! orientation, run the batch's steps, and encode in the image's own format.
 
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader};
 
-use crate::tasks::Pipeline;
+use crate::tasks::{Assets, Overlay, Pipeline, Prepared};
 
 /// Limits and settings of the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -165,15 +166,78 @@ pub struct Output {
     pub height: u32,
 }
 
-pub fn process(input: &[u8], pipeline: &Pipeline, limits: &Limits) -> Result<Output, ProcessError> {
-    process_until(input, pipeline, limits, None)
+/// A pipeline made ready for one batch (each step prepared with the batch's assets), applied to
+/// image after image.
+pub struct PreparedPipeline {
+    steps: Vec<(&'static str, Box<dyn Prepared>)>,
 }
 
-/// Like [`process`], giving up with [`ProcessError::TimedOut`] once `deadline` has passed
-/// (checked after decoding and after every step).
+impl std::fmt::Debug for PreparedPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.steps.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl PreparedPipeline {
+    /// Prepares every step; a step that cannot be prepared (a logo it needs is missing, say)
+    /// is the reason every image of the batch fails.
+    pub fn new(pipeline: &Pipeline, assets: &Assets) -> Result<Self, ProcessError> {
+        let steps = pipeline
+            .0
+            .iter()
+            .map(|step| {
+                let name = step.task.name();
+                step.task
+                    .prepare(&step.params, assets)
+                    .map(|prepared| (name, prepared))
+                    .map_err(|e| ProcessError::Task {
+                        task: name,
+                        message: e.0,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { steps })
+    }
+
+    /// The marks of an image of `width × height`, when every step only paints one; `None` when
+    /// some step does anything else.
+    pub fn overlays(
+        &self,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<Vec<Arc<Overlay>>>, ProcessError> {
+        let mut out = Vec::with_capacity(self.steps.len());
+        for (name, step) in &self.steps {
+            match step.overlay(width, height) {
+                None => return Ok(None),
+                Some(Ok(overlay)) => out.push(overlay),
+                Some(Err(e)) => {
+                    return Err(ProcessError::Task {
+                        task: name,
+                        message: e.0,
+                    })
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Processes one image with a pipeline prepared for it alone (tests and one-off use; the worker
+/// prepares once per batch).
+pub fn process(input: &[u8], pipeline: &Pipeline, limits: &Limits) -> Result<Output, ProcessError> {
+    let prepared = PreparedPipeline::new(pipeline, &Assets::default())?;
+    process_until(input, &prepared, limits, None)
+}
+
+/// Processes one image, giving up with [`ProcessError::TimedOut`] once `deadline` has passed
+/// (checked after decoding and after every step). JPEGs whose pipeline only paints marks take
+/// the planar fast path (`jpeg` module); everything else is decoded to pixels.
 pub fn process_until(
     input: &[u8],
-    pipeline: &Pipeline,
+    pipeline: &PreparedPipeline,
     limits: &Limits,
     deadline: Option<Instant>,
 ) -> Result<Output, ProcessError> {
@@ -182,20 +246,33 @@ pub fn process_until(
         _ => Ok(()),
     };
     let format = Format::sniff(input).ok_or(ProcessError::Unsupported)?;
+    if format == Format::Jpeg {
+        if let Some(out) = crate::jpeg::process_planar(input, pipeline, limits, &check)? {
+            return Ok(out);
+        }
+    }
+    process_pixels(input, format, pipeline, limits, &check)
+}
+
+/// The general path: decode to pixels, apply every step, encode.
+pub fn process_pixels(
+    input: &[u8],
+    format: Format,
+    pipeline: &PreparedPipeline,
+    limits: &Limits,
+    check: &dyn Fn() -> Result<(), ProcessError>,
+) -> Result<Output, ProcessError> {
     let mut image = decode(input, format, limits)?;
     check()?;
-    for step in &pipeline.0 {
-        image = step
-            .task
-            .apply(image, &step.params)
-            .map_err(|e| ProcessError::Task {
-                task: step.task.name(),
-                message: e.0,
-            })?;
+    for (name, step) in &pipeline.steps {
+        image = step.apply(image).map_err(|e| ProcessError::Task {
+            task: name,
+            message: e.0,
+        })?;
         let (w, h) = (image.width() as u64, image.height() as u64);
         if w * h > limits.max_pixels {
             return Err(ProcessError::Task {
-                task: step.task.name(),
+                task: name,
                 message: format!(
                     "the result would be {w} × {h} pixels, more than the limit of {} pixels",
                     limits.max_pixels
@@ -222,7 +299,7 @@ fn readable(message: &str) -> String {
     }
 }
 
-fn check_size(width: u64, height: u64, limits: &Limits) -> Result<(), ProcessError> {
+pub(crate) fn check_size(width: u64, height: u64, limits: &Limits) -> Result<(), ProcessError> {
     if width == 0 || height == 0 {
         return Err(ProcessError::Corrupt("it has no pixels".into()));
     }
@@ -266,7 +343,15 @@ fn decode_jpeg(input: &[u8], limits: &Limits) -> Result<Option<DynamicImage>, Pr
 }
 
 fn apply_exif_orientation(mut img: DynamicImage, input: &[u8]) -> DynamicImage {
-    let orientation = exif::Reader::new()
+    if let Some(o) = exif_orientation(input) {
+        img.apply_orientation(o);
+    }
+    img
+}
+
+/// The EXIF orientation of a JPEG, when it has one.
+pub(crate) fn exif_orientation(input: &[u8]) -> Option<image::metadata::Orientation> {
+    exif::Reader::new()
         .read_from_container(&mut Cursor::new(input))
         .ok()
         .and_then(|e| {
@@ -274,11 +359,7 @@ fn apply_exif_orientation(mut img: DynamicImage, input: &[u8]) -> DynamicImage {
                 .and_then(|f| f.value.get_uint(0))
         })
         .and_then(|v| u8::try_from(v).ok())
-        .and_then(image::metadata::Orientation::from_exif);
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    img
+        .and_then(image::metadata::Orientation::from_exif)
 }
 
 fn decode_generic(

@@ -165,38 +165,9 @@ async fn receive_into(
 }
 
 impl Choices {
-    /// With a logo file, every watermark step without text draws it; a step that asks for the
-    /// uploaded logo needs one, and a logo no step uses is a mistake worth saying.
+    /// See [`Pipeline::with_logo`].
     fn with_logo(&self, pipeline: Pipeline) -> Result<Pipeline, AppError> {
-        let mut steps = match pipeline.to_json() {
-            Value::Array(steps) => steps,
-            _ => unreachable!("a pipeline is an array of steps"),
-        };
-        let mut uses = false;
-        for step in &mut steps {
-            if step["task"] != "watermark" {
-                continue;
-            }
-            let text = step["text"].as_str().unwrap_or("").trim().is_empty();
-            if self.logo && text {
-                step["logo"] = Value::String("uploaded".into());
-            }
-            if step["logo"] == "uploaded" {
-                if !self.logo {
-                    return Err(AppError::BadRequest(
-                        "watermark.logo: \"uploaded\" needs a logo file (the `logo` field)".into(),
-                    ));
-                }
-                uses = uses || text;
-            }
-        }
-        if self.logo && !uses {
-            return Err(AppError::BadRequest(
-                "a logo file was sent, but no watermark step draws a logo (remove its text, or the logo)".into(),
-            ));
-        }
-        Pipeline::parse(&Value::Array(steps))
-            .map_err(|e| AppError::BadRequest(format!("invalid pipeline: {e}")))
+        pipeline.with_logo(self.logo).map_err(AppError::BadRequest)
     }
 
     /// The pipeline: the `pipeline` JSON field, else the form's choices, else the default.

@@ -11,7 +11,7 @@ use jobs::pipeline::Format;
 use jobs::queue::{BuildArchive, ProcessImage, Queues, PAYLOAD_VERSION};
 use jobs::storage::Storage;
 
-use crate::isolate::{self, ChildSettings, Outcome};
+use crate::isolate::{Outcome, Pool, Request};
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -21,7 +21,10 @@ pub struct Ctx {
     pub queues: Queues,
     pub settings: Arc<jobs::Settings>,
     pub worker: Arc<str>,
-    pub child: ChildSettings,
+    /// The image child processes.
+    pub pool: Arc<Pool>,
+    /// The uploaded logos of the batches seen last, so that each is fetched once.
+    pub logos: Arc<LogoCache>,
     /// The images this worker is processing right now, handed back to the dispatcher should
     /// the worker stop before it finishes them.
     pub in_hand: jobs::InProgress<jobs::ImageId>,
@@ -44,6 +47,32 @@ impl Held {
 }
 
 type JobResult = Result<(), BoxDynError>;
+
+/// How many batches' logos a worker keeps.
+const LOGOS_KEPT: usize = 8;
+
+/// The uploaded logos of the last few batches, fetched from storage once each.
+#[derive(Default)]
+pub struct LogoCache(tokio::sync::Mutex<Vec<(jobs::BatchId, bytes::Bytes)>>);
+
+impl LogoCache {
+    async fn get(
+        &self,
+        storage: &Storage,
+        batch: jobs::BatchId,
+    ) -> Result<bytes::Bytes, jobs::storage::StorageError> {
+        if let Some((_, logo)) = self.0.lock().await.iter().find(|(b, _)| *b == batch) {
+            return Ok(logo.clone());
+        }
+        let logo = storage.get(&keys::logo(batch)).await?;
+        let mut kept = self.0.lock().await;
+        if kept.len() >= LOGOS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((batch, logo.clone()));
+        Ok(logo)
+    }
+}
 
 /// Runs both queues under one monitor until `signal`, restarting a worker that dies (a Redis
 /// restart, say) under a fresh name.
@@ -169,7 +198,7 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         .as_array()
         .is_some_and(|steps| steps.iter().any(|s| s["logo"] == "uploaded"));
     let logo = if uses_logo {
-        match ctx.storage.get(&keys::logo(work.batch)).await {
+        match ctx.logos.get(&ctx.storage, work.batch).await {
             Ok(bytes) => Some(bytes),
             Err(e) if e.is_not_found() => {
                 return Ok(Attempt::Ended(ImageOutcome::Failed {
@@ -182,7 +211,14 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         None
     };
     let started = Instant::now();
-    let output = match isolate::process(input, logo, &work.pipeline, ctx.child).await {
+    let key = work.batch.to_string();
+    let request = Request {
+        key: &key,
+        pipeline: &work.pipeline,
+        logo,
+        input,
+    };
+    let output = match ctx.pool.process(request).await {
         Outcome::Done(output) => output,
         Outcome::Failed(reason) => return Ok(Attempt::Ended(ImageOutcome::Failed { reason })),
         Outcome::Lost(why) => return Ok(Attempt::Lost(why)),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+mod apply;
 mod cron;
 mod dispatcher;
 mod handlers;
@@ -14,7 +15,12 @@ mod isolate;
 
 /// Applies image tasks to uploaded batches, builds their zips, and purges expired batches.
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about)]
+#[command(
+    name = "worker",
+    version,
+    about,
+    after_help = "To process local files with the registered tasks, without any service: worker apply --help"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: jobs::Settings,
@@ -48,6 +54,11 @@ pub struct Cli {
     /// more fails with a clear reason instead of taking the worker down.
     #[arg(long, env = "IMAGE_MEMORY_LIMIT_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..))]
     pub image_memory_limit_mb: u64,
+
+    /// Images one image child process handles before it is replaced by a fresh one (children
+    /// that crash or hang are always replaced).
+    #[arg(long, env = "IMAGE_CHILD_MAX_IMAGES", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub image_child_max_images: u32,
 
     /// Tests only: lets marked images crash, hang or slow down their processing (see the
     /// worker's `isolate` module). Never set in production.
@@ -87,6 +98,10 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some(isolate::CHILD_ARG) {
         isolate::child_main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some("apply") {
+        let code = apply::main(&args[1..])?;
+        std::process::exit(code);
+    }
     jobs::config::load_dotenv();
     let cli = Cli::parse();
     jobs::telemetry::init(&cli.settings.log_format);
@@ -113,12 +128,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         queues,
         settings: settings.clone(),
         worker: Arc::from(name.as_str()),
-        child: isolate::ChildSettings {
-            limits: settings.image_limits(),
-            timeout: settings.image_timeout(),
-            memory_limit_bytes: cli.image_memory_limit_mb * 1024 * 1024,
-            faults: cli.fault_injection,
-        },
+        pool: Arc::new(isolate::Pool::new(
+            isolate::ChildSettings {
+                limits: settings.image_limits(),
+                timeout: settings.image_timeout(),
+                memory_limit_bytes: cli.image_memory_limit_mb * 1024 * 1024,
+                faults: cli.fault_injection,
+                max_images: cli.image_child_max_images,
+            },
+            concurrency,
+        )),
+        logos: Arc::default(),
         in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");

@@ -3,7 +3,7 @@
 
 use image::DynamicImage;
 
-use super::{ImageTask, ParamSpec, Params, TaskError};
+use super::{per_image, Assets, ImageTask, ParamSpec, Params, Prepared, TaskError};
 
 pub struct Grayscale;
 
@@ -24,11 +24,13 @@ impl ImageTask for Grayscale {
         &[]
     }
 
-    fn apply(&self, image: DynamicImage, _params: &Params) -> Result<DynamicImage, TaskError> {
-        Ok(if image.color().has_alpha() {
-            DynamicImage::ImageLumaA8(image.to_luma_alpha8())
-        } else {
-            DynamicImage::ImageLuma8(image.to_luma8())
-        })
+    fn prepare(&self, _params: &Params, _assets: &Assets) -> Result<Box<dyn Prepared>, TaskError> {
+        Ok(per_image(|image: DynamicImage| {
+            Ok(if image.color().has_alpha() {
+                DynamicImage::ImageLumaA8(image.to_luma_alpha8())
+            } else {
+                DynamicImage::ImageLuma8(image.to_luma8())
+            })
+        }))
     }
 }

@@ -1,13 +1,24 @@
 //! The `ImageTask` trait, the typed parameters every task declares, and the registry.
 //!
-//! Adding a task is one new file in this folder and one line in [`REGISTRY`]; the upload form,
-//! the JSON API (`GET /api/tasks`), validation and the worker all read from here.
+//! Adding a task is one new file in this folder and one line in the `register_tasks!` call
+//! below; the upload form, the JSON API (`GET /api/tasks`), validation and the worker all read
+//! from here.
+//!
+//! A task is used in two stages. [`ImageTask::prepare`] turns a step's parameters and the
+//! batch's [`Assets`] (its uploaded logo) into a [`Prepared`] value, once per batch in each image
+//! process, which caches it; [`Prepared::apply`] then runs on each image of the batch, in the
+//! worker's image child process. Work that does not depend on the image (decoding a logo,
+//! rasterising text) belongs in `prepare`; work that depends only on the image's size (sizing a
+//! mark) is cached inside the prepared value.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use image::DynamicImage;
+use image::{DynamicImage, RgbaImage};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+pub use crate::overlay::Overlay;
 
 /// Declares each task's module and lists it in [`REGISTRY`], in the order the form shows them.
 macro_rules! register_tasks {
@@ -25,8 +36,6 @@ register_tasks! {
     grayscale::Grayscale,
 }
 
-pub use watermark::use_uploaded_logo;
-
 /// The pipeline a batch gets when it names none: the watermark with its defaults.
 pub fn default_pipeline() -> Pipeline {
     Pipeline::parse(&Value::Array(vec![
@@ -35,7 +44,7 @@ pub fn default_pipeline() -> Pipeline {
     .expect("the default pipeline is valid")
 }
 
-/// One kind of processing, applied to a decoded image on a blocking thread.
+/// One kind of processing.
 pub trait ImageTask: Send + Sync {
     /// Stable identifier, used in the API and stored with batches (`[a-z0-9_]+`).
     fn name(&self) -> &'static str;
@@ -49,8 +58,48 @@ pub trait ImageTask: Send + Sync {
     fn validate(&self, _params: &Params) -> Result<(), String> {
         Ok(())
     }
-    /// Applies the task. `params` has passed validation and holds every declared parameter.
-    fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError>;
+    /// Makes the step ready for a batch: `params` has passed validation and holds every
+    /// declared parameter; `assets` holds what was uploaded with the batch. Runs once per batch
+    /// in each image process; the result is applied to every image of the batch.
+    fn prepare(&self, params: &Params, assets: &Assets) -> Result<Box<dyn Prepared>, TaskError>;
+}
+
+/// A step made ready for one batch: immutable, applied to image after image.
+pub trait Prepared: Send + Sync {
+    /// Applies the step to one decoded image, already upright from its EXIF orientation. It
+    /// may return any kind of image; the pipeline encodes it in the input's format.
+    fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError>;
+
+    /// When the step does nothing but paint a mark over an image of `width × height`, that
+    /// mark: fast paths (JPEG in YCbCr planes) then blend it without decoding to RGB. `None`
+    /// (the default) when the step is anything else. It must paint exactly what `apply` does.
+    fn overlay(&self, _width: u32, _height: u32) -> Option<Result<Arc<Overlay>, TaskError>> {
+        None
+    }
+}
+
+/// A prepared step that is a plain function of each image (for tasks with nothing to prepare).
+pub fn per_image<F>(f: F) -> Box<dyn Prepared>
+where
+    F: Fn(DynamicImage) -> Result<DynamicImage, TaskError> + Send + Sync + 'static,
+{
+    struct PerImage<F>(F);
+    impl<F> Prepared for PerImage<F>
+    where
+        F: Fn(DynamicImage) -> Result<DynamicImage, TaskError> + Send + Sync,
+    {
+        fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError> {
+            (self.0)(image)
+        }
+    }
+    Box::new(PerImage(f))
+}
+
+/// What a batch brings besides its images and parameters.
+#[derive(Default)]
+pub struct Assets {
+    /// The logo uploaded with the batch, decoded.
+    pub logo: Option<Arc<RgbaImage>>,
 }
 
 /// A task that could not be applied to one image.
@@ -336,6 +385,38 @@ impl Pipeline {
             steps.push(Step { task, params });
         }
         Ok(Self(steps))
+    }
+
+    /// The pipeline for a batch sent with (`logo` true) or without a logo file. With one, every
+    /// watermark step without text draws it; a step that asks for the uploaded logo needs one,
+    /// and a logo no step uses is a mistake worth saying. Errors are meant for the user.
+    pub fn with_logo(&self, logo: bool) -> Result<Pipeline, String> {
+        let mut steps = match self.to_json() {
+            Value::Array(steps) => steps,
+            _ => unreachable!("a pipeline is an array of steps"),
+        };
+        let mut uses = false;
+        for step in &mut steps {
+            if step["task"] != "watermark" {
+                continue;
+            }
+            let text = step["text"].as_str().unwrap_or("").trim().is_empty();
+            if logo && text {
+                step["logo"] = Value::String("uploaded".into());
+            }
+            if step["logo"] == "uploaded" {
+                if !logo {
+                    return Err(
+                        "watermark.logo: \"uploaded\" needs a logo file (the `logo` field)".into(),
+                    );
+                }
+                uses = uses || text;
+            }
+        }
+        if logo && !uses {
+            return Err("a logo file was sent, but no watermark step draws a logo (remove its text, or the logo)".into());
+        }
+        Pipeline::parse(&Value::Array(steps)).map_err(|e| format!("invalid pipeline: {e}"))
     }
 
     /// The normalised form stored with a batch: every parameter spelled out.

@@ -3,7 +3,7 @@
 use image::imageops::FilterType;
 use image::DynamicImage;
 
-use super::{ImageTask, ParamKind, ParamSpec, Params, TaskError};
+use super::{per_image, Assets, ImageTask, ParamKind, ParamSpec, Params, Prepared, TaskError};
 
 static PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -53,21 +53,24 @@ impl ImageTask for Resize {
         PARAMS
     }
 
-    fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError> {
+    fn prepare(&self, params: &Params, _assets: &Assets) -> Result<Box<dyn Prepared>, TaskError> {
         let (bw, bh) = (
             params.int("max_width") as f64,
             params.int("max_height") as f64,
         );
-        let (w, h) = (image.width() as f64, image.height() as f64);
-        let mut ratio = (bw / w).min(bh / h);
-        if !params.bool("enlarge") {
-            ratio = ratio.min(1.0);
-        }
-        if (ratio - 1.0).abs() < f64::EPSILON {
-            return Ok(image);
-        }
-        let nw = ((w * ratio).round() as u32).max(1);
-        let nh = ((h * ratio).round() as u32).max(1);
-        Ok(image.resize_exact(nw, nh, FilterType::CatmullRom))
+        let enlarge = params.bool("enlarge");
+        Ok(per_image(move |image: DynamicImage| {
+            let (w, h) = (image.width() as f64, image.height() as f64);
+            let mut ratio = (bw / w).min(bh / h);
+            if !enlarge {
+                ratio = ratio.min(1.0);
+            }
+            if (ratio - 1.0).abs() < f64::EPSILON {
+                return Ok(image);
+            }
+            let nw = ((w * ratio).round() as u32).max(1);
+            let nh = ((h * ratio).round() as u32).max(1);
+            Ok(image.resize_exact(nw, nh, FilterType::CatmullRom))
+        }))
     }
 }

@@ -3,14 +3,16 @@
 //! With its defaults it does what the system we replace did: the logo rotated 30°, at 50 %
 //! opacity, 40 % of the image width, tiled over the whole image.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ab_glyph::{FontRef, PxScale};
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, Luma, Rgba, RgbaImage};
 use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
 
-use super::{parse_color, ImageTask, ParamKind, ParamSpec, Params, TaskError};
+use super::{
+    parse_color, Assets, ImageTask, Overlay, ParamKind, ParamSpec, Params, Prepared, TaskError,
+};
 
 const LOGO_PNG: &[u8] = include_bytes!("../../assets/logo.png");
 const FONT_TTF: &[u8] = include_bytes!("../../assets/DejaVuSans-Bold.ttf");
@@ -124,50 +126,99 @@ impl ImageTask for Watermark {
         PARAMS
     }
 
-    fn apply(&self, image: DynamicImage, params: &Params) -> Result<DynamicImage, TaskError> {
-        let (w, h) = (image.width(), image.height());
-        let settings = Settings::from_params(params);
-        let mark = settings.mark(w, h)?;
-        Ok(paint(image, |buf, width, height, channels| {
-            settings.place(&mark, width, height, |x, y| {
-                blend(buf, width, height, channels, &mark, x, y)
-            })
+    fn prepare(&self, params: &Params, assets: &Assets) -> Result<Box<dyn Prepared>, TaskError> {
+        Ok(Box::new(PreparedMark {
+            settings: Settings::new(params, assets)?,
+            overlays: Mutex::default(),
         }))
     }
 }
 
-/// The logo uploaded with the batch being processed. Each image is processed in a process of
-/// its own (the worker's image child), which sets it before applying the pipeline.
-static UPLOADED_LOGO: OnceLock<RgbaImage> = OnceLock::new();
+/// How many image sizes a prepared watermark keeps its sized mark for.
+const SIZES_KEPT: usize = 8;
 
-/// Makes `logo` the one that steps with `logo: "uploaded"` draw, for the rest of this process.
-pub fn use_uploaded_logo(logo: RgbaImage) {
-    let _ = UPLOADED_LOGO.set(logo);
+/// The watermark made ready for a batch: the logo (or text) chosen, and the mark sized for each
+/// image size met so far (most batches have one or two sizes).
+struct PreparedMark {
+    settings: Settings,
+    overlays: Mutex<Vec<SizedMark>>,
 }
 
-struct Settings<'a> {
-    text: &'a str,
-    logo: &'a str,
-    color: [u8; 3],
-    position: &'a str,
+/// A mark sized for images of one size (width, height).
+type SizedMark = ((u32, u32), Arc<Overlay>);
+
+impl PreparedMark {
+    fn overlay_for(&self, w: u32, h: u32) -> Result<Arc<Overlay>, TaskError> {
+        let lock = || self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, o)) = lock().iter().find(|(size, _)| *size == (w, h)) {
+            return Ok(o.clone());
+        }
+        let mark = self.settings.mark(w, h)?;
+        let mut positions = Vec::new();
+        self.settings
+            .place(&mark, w, h, |x, y| positions.push((x, y)));
+        let overlay = Arc::new(Overlay::new(mark, positions, (w, h)));
+        let mut kept = lock();
+        if kept.len() >= SIZES_KEPT {
+            kept.remove(0);
+        }
+        kept.push(((w, h), overlay.clone()));
+        Ok(overlay)
+    }
+}
+
+impl Prepared for PreparedMark {
+    fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError> {
+        let overlay = self.overlay_for(image.width(), image.height())?;
+        Ok(paint(image, |buf, channels| overlay.blend_rgb(buf, channels)))
+    }
+
+    fn overlay(&self, width: u32, height: u32) -> Option<Result<Arc<Overlay>, TaskError>> {
+        Some(self.overlay_for(width, height))
+    }
+}
+
+/// What the mark is made of.
+enum Source {
+    Logo(Arc<RgbaImage>),
+    Text { text: String, color: [u8; 3] },
+}
+
+struct Settings {
+    source: Source,
+    position: String,
     opacity: f64,
     scale: f64,
     rotation: f64,
     margin: f64,
 }
 
-impl<'a> Settings<'a> {
-    fn from_params(p: &'a Params) -> Self {
-        Self {
-            text: p.text("text").trim(),
-            logo: p.text("logo"),
-            color: parse_color(p.text("color")).unwrap_or([255, 255, 255]),
-            position: p.text("position"),
+impl Settings {
+    fn new(p: &Params, assets: &Assets) -> Result<Self, TaskError> {
+        let text = p.text("text").trim();
+        let source = if !text.is_empty() {
+            Source::Text {
+                text: text.to_owned(),
+                color: parse_color(p.text("color")).unwrap_or([255, 255, 255]),
+            }
+        } else if p.text("logo") == "uploaded" {
+            Source::Logo(
+                assets
+                    .logo
+                    .clone()
+                    .ok_or_else(|| TaskError("no logo was uploaded with this batch".into()))?,
+            )
+        } else {
+            Source::Logo(logo())
+        };
+        Ok(Self {
+            source,
+            position: p.text("position").to_owned(),
             opacity: p.float("opacity"),
             scale: p.float("scale"),
             rotation: p.float("rotation"),
             margin: p.float("margin"),
-        }
+        })
     }
 
     /// The mark to paint, already sized, faded and (when tiled) rotated. Its width is `scale`
@@ -175,22 +226,17 @@ impl<'a> Settings<'a> {
     /// 10, say) gets a mark sized by its height, not a huge one.
     fn mark(&self, w: u32, h: u32) -> Result<RgbaImage, TaskError> {
         let target_w = ((w as f64 * self.scale).round() as u32).clamp(1, w.max(1));
-        let mut mark = if self.text.is_empty() {
-            let logo = if self.logo == "uploaded" {
-                UPLOADED_LOGO
-                    .get()
-                    .ok_or_else(|| TaskError("no logo was uploaded with this batch".into()))?
-            } else {
-                logo()
-            };
-            let fit_w = (h as f64 * logo.width() as f64 / logo.height() as f64).max(1.0) as u32;
-            let target_w = target_w.min(fit_w);
-            let target_h = ((logo.height() as f64 * target_w as f64 / logo.width() as f64).round()
-                as u32)
-                .max(1);
-            image::imageops::resize(logo, target_w, target_h, FilterType::Triangle)
-        } else {
-            render_text(self.text, self.color, target_w, h)?
+        let mut mark = match &self.source {
+            Source::Logo(logo) => {
+                let fit_w =
+                    (h as f64 * logo.width() as f64 / logo.height() as f64).max(1.0) as u32;
+                let target_w = target_w.min(fit_w);
+                let target_h = ((logo.height() as f64 * target_w as f64 / logo.width() as f64)
+                    .round() as u32)
+                    .max(1);
+                image::imageops::resize(logo.as_ref(), target_w, target_h, FilterType::Triangle)
+            }
+            Source::Text { text, color } => render_text(text, *color, target_w, h)?,
         };
         let opacity = self.opacity.clamp(0.0, 1.0);
         for px in mark.pixels_mut() {
@@ -224,7 +270,7 @@ impl<'a> Settings<'a> {
             }
             return;
         }
-        let (col, row) = anchor(self.position);
+        let (col, row) = anchor(&self.position);
         let x = match col {
             0 => margin,
             1 => (w - mw) / 2,
@@ -254,13 +300,17 @@ fn anchor(position: &str) -> (u8, u8) {
     }
 }
 
-fn logo() -> &'static RgbaImage {
-    static LOGO: OnceLock<RgbaImage> = OnceLock::new();
+/// The bundled logo, decoded once per process.
+fn logo() -> Arc<RgbaImage> {
+    static LOGO: OnceLock<Arc<RgbaImage>> = OnceLock::new();
     LOGO.get_or_init(|| {
-        image::load_from_memory_with_format(LOGO_PNG, image::ImageFormat::Png)
-            .expect("the bundled logo is a valid PNG")
-            .to_rgba8()
+        Arc::new(
+            image::load_from_memory_with_format(LOGO_PNG, image::ImageFormat::Png)
+                .expect("the bundled logo is a valid PNG")
+                .to_rgba8(),
+        )
     })
+    .clone()
 }
 
 fn font() -> &'static FontRef<'static> {
@@ -268,8 +318,6 @@ fn font() -> &'static FontRef<'static> {
     FONT.get_or_init(|| FontRef::try_from_slice(FONT_TTF).expect("the bundled font is valid"))
 }
 
-/// Renders `text` about `target_w` pixels wide, in `color`, with a soft dark outline so that it
-/// reads on light and dark images alike.
 /// The text, `target_w` wide (or less, to be at most about `max_h` high), white or `color` with
 /// a dark outline.
 fn render_text(
@@ -374,61 +422,29 @@ fn rotate_expanded(mark: &RgbaImage, degrees: f64) -> RgbaImage {
     )
 }
 
-/// Runs `f` on the image's pixels as 8-bit RGB or RGBA, keeping the image's own kind where it
-/// can (RGB stays RGB, grey stays grey, alpha stays alpha).
-fn paint(image: DynamicImage, f: impl FnOnce(&mut [u8], u32, u32, usize)) -> DynamicImage {
-    let (w, h) = (image.width(), image.height());
+/// Runs `f` on the image's pixels as 8-bit RGB or RGBA (with the channel count), keeping the
+/// image's own kind where it can (RGB stays RGB, grey stays grey, alpha stays alpha).
+fn paint(image: DynamicImage, f: impl FnOnce(&mut [u8], usize)) -> DynamicImage {
     match image {
         DynamicImage::ImageRgb8(mut img) => {
-            f(&mut img, w, h, 3);
+            f(&mut img, 3);
             DynamicImage::ImageRgb8(img)
         }
         DynamicImage::ImageRgba8(mut img) => {
-            f(&mut img, w, h, 4);
+            f(&mut img, 4);
             DynamicImage::ImageRgba8(img)
         }
         other => {
             let has_alpha = other.color().has_alpha();
             let grey = !other.color().has_color();
             let mut rgba = other.to_rgba8();
-            f(&mut rgba, w, h, 4);
+            f(&mut rgba, 4);
             let out = DynamicImage::ImageRgba8(rgba);
             match (grey, has_alpha) {
                 (true, false) => DynamicImage::ImageLuma8(out.to_luma8()),
                 (true, true) => DynamicImage::ImageLumaA8(out.to_luma_alpha8()),
                 (false, false) => DynamicImage::ImageRgb8(out.to_rgb8()),
                 (false, true) => out,
-            }
-        }
-    }
-}
-
-/// Source-over blend of `mark` onto an interleaved 8-bit buffer at (x0, y0), clipped.
-fn blend(buf: &mut [u8], w: u32, h: u32, channels: usize, mark: &RgbaImage, x0: i64, y0: i64) {
-    let (w, h) = (w as i64, h as i64);
-    let (mw, mh) = (mark.width() as i64, mark.height() as i64);
-    let (xs, xe) = (x0.max(0), (x0 + mw).min(w));
-    let (ys, ye) = (y0.max(0), (y0 + mh).min(h));
-    if xs >= xe || ys >= ye {
-        return;
-    }
-    let src = mark.as_raw();
-    for y in ys..ye {
-        let src_row = ((y - y0) * mw) as usize * 4;
-        let dst_row = (y * w) as usize * channels;
-        for x in xs..xe {
-            let s = src_row + (x - x0) as usize * 4;
-            let a = src[s + 3] as u32;
-            if a == 0 {
-                continue;
-            }
-            let d = dst_row + x as usize * channels;
-            let inv = 255 - a;
-            for c in 0..3 {
-                buf[d + c] = ((src[s + c] as u32 * a + buf[d + c] as u32 * inv + 127) / 255) as u8;
-            }
-            if channels == 4 {
-                buf[d + 3] = (a + (buf[d + 3] as u32 * inv + 127) / 255).min(255) as u8;
             }
         }
     }
@@ -444,7 +460,11 @@ mod tests {
         let mut step = params;
         step["task"] = json!("watermark");
         let p = Pipeline::parse(&json!([step])).expect("valid");
-        p.0[0].task.apply(img, &p.0[0].params).expect("applies")
+        let prepared = p.0[0]
+            .task
+            .prepare(&p.0[0].params, &Assets::default())
+            .expect("prepares");
+        prepared.apply(img).expect("applies")
     }
 
     fn grey(w: u32, h: u32) -> DynamicImage {
@@ -506,7 +526,8 @@ mod tests {
         };
         for text in ["", "Copyright 2026"] {
             let p = params(json!({"text": text, "scale": 1.0, "position": "center"}));
-            let mark = Settings::from_params(&p.0[0].params)
+            let mark = Settings::new(&p.0[0].params, &Assets::default())
+                .expect("settings")
                 .mark(100_000, 10)
                 .expect("a mark");
             assert!(
@@ -517,7 +538,8 @@ mod tests {
             );
             // Tiled and rotated, it grows by its rotation only.
             let p = params(json!({"text": text, "scale": 1.0, "rotation": 45.0}));
-            let mark = Settings::from_params(&p.0[0].params)
+            let mark = Settings::new(&p.0[0].params, &Assets::default())
+                .expect("settings")
                 .mark(100_000, 10)
                 .expect("a mark");
             assert!(
