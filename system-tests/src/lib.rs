@@ -155,6 +155,7 @@ impl System {
             "S3_REGION",
             "S3_ACCESS_KEY_ID",
             "S3_SECRET_ACCESS_KEY",
+            "S3_REUSE_CONNECTIONS",
         ] {
             vars.insert(key.into(), env(key));
         }
@@ -211,6 +212,7 @@ impl System {
             access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
             secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone(),
             force_path_style: true,
+            reuse_connections: vars["S3_REUSE_CONNECTIONS"] != "false",
         });
         storage
             .ensure_bucket()
@@ -367,6 +369,17 @@ impl System {
 
     /// Polls the API until the batch is done, failed or expired (at most `limit`).
     pub async fn wait_final(&self, id: &str, limit: Duration) -> anyhow::Result<Value> {
+        self.wait_final_polling(id, limit, Duration::from_millis(100))
+            .await
+    }
+
+    /// [`Self::wait_final`], asking every `every`.
+    pub async fn wait_final_polling(
+        &self,
+        id: &str,
+        limit: Duration,
+        every: Duration,
+    ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
             let (code, body) = self.status(id).await?;
@@ -380,7 +393,7 @@ impl System {
                     self.logs.display()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(every).await;
         }
     }
 

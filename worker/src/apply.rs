@@ -78,38 +78,8 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
     };
     std::fs::create_dir_all(&cli.out).with_context(|| format!("cannot make {:?}", cli.out))?;
 
-    // Names are given as results come in, in the order of the files, so that they are the same
-    // whatever `--jobs` is.
-    let results: Vec<Mutex<Option<Result<jobs::pipeline::Output, String>>>> =
-        cli.files.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    let cpu_started = cpu_time();
-    std::thread::scope(|scope| {
-        for _ in 0..cli.jobs.min(cli.files.len() as u32) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = cli.files.get(i) else { break };
-                let result = std::fs::read(path)
-                    .map_err(|e| format!("cannot read it: {e}"))
-                    .and_then(|input| {
-                        process_until(&input, &prepared, &limits, None).map_err(|e| e.to_string())
-                    });
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            });
-        }
-    });
-    let elapsed = started.elapsed();
-    let cpu = cpu_time() - cpu_started;
-
-    let results: Vec<_> = results
-        .into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every file ran")
-        })
-        .collect();
+    // Results keep their format, so their names are known from each file's first bytes, in the
+    // order of the files (the same whatever `--jobs` is); each is written as soon as it is done.
     let display: Vec<String> = cli
         .files
         .iter()
@@ -119,34 +89,61 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
                 .unwrap_or_default()
         })
         .collect();
-    let names = jobs::names::unique_entry_names(results.iter().zip(&display).map(|(r, name)| {
-        (
-            name.as_str(),
-            r.as_ref().map(|o| o.format).unwrap_or(Format::Png),
-        )
-    }));
+    let formats: Vec<Format> = cli
+        .files
+        .iter()
+        .map(|p| sniff(p).unwrap_or(Format::Png))
+        .collect();
+    let names = jobs::names::unique_entry_names(display.iter().map(String::as_str).zip(formats));
+    let lines: Vec<Mutex<Option<(bool, String)>>> =
+        cli.files.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let cpu_started = cpu_time();
+    std::thread::scope(|scope| {
+        for _ in 0..cli.jobs.min(cli.files.len() as u32) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = cli.files.get(i) else { break };
+                let target = cli.out.join(&names[i]);
+                let line = std::fs::read(path)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|input| {
+                        process_until(&input, &prepared, &limits, None).map_err(|e| e.to_string())
+                    })
+                    .and_then(|out| {
+                        std::fs::write(&target, &out.bytes)
+                            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+                        Ok(format!(
+                            "{} -> {} ({} × {}, {} bytes)",
+                            path.display(),
+                            target.display(),
+                            out.width,
+                            out.height,
+                            out.bytes.len()
+                        ))
+                    });
+                let line = match line {
+                    Ok(done) => (true, done),
+                    Err(reason) => (false, format!("{}: failed: {reason}", path.display())),
+                };
+                *lines[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let cpu = cpu_time() - cpu_started;
     let mut failed = 0;
-    for ((result, name), path) in results.iter().zip(&names).zip(&cli.files) {
-        match result {
-            Ok(out) => {
-                let target = cli.out.join(name);
-                std::fs::write(&target, &out.bytes)
-                    .with_context(|| format!("cannot write {target:?}"))?;
-                if !cli.quiet {
-                    println!(
-                        "{} -> {} ({} × {}, {} bytes)",
-                        path.display(),
-                        target.display(),
-                        out.width,
-                        out.height,
-                        out.bytes.len()
-                    );
-                }
-            }
-            Err(reason) => {
-                failed += 1;
-                println!("{}: failed: {reason}", path.display());
-            }
+    for line in lines {
+        let (ok, text) = line
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("every file ran");
+        if !ok {
+            failed += 1;
+        }
+        if !ok || !cli.quiet {
+            println!("{text}");
         }
     }
     // The benchmark suite reads this line.
@@ -172,4 +169,14 @@ fn cpu_time() -> std::time::Duration {
             + std::time::Duration::from_micros(t.tv_usec as u64)
     };
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The type of a file from its first bytes.
+fn sniff(path: &std::path::Path) -> Option<Format> {
+    use std::io::Read;
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
+    Format::sniff(&head[..n])
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
+use futures::{StreamExt, TryStreamExt};
 use jobs::db::{self, Db, ImageOutcome};
 use jobs::domain::keys;
 use jobs::names::unique_entry_names;
@@ -47,6 +48,9 @@ impl Held {
 }
 
 type JobResult = Result<(), BoxDynError>;
+
+/// Results fetched at once while a zip is built.
+const ARCHIVE_FETCHES: usize = 8;
 
 /// How many batches' logos a worker keeps.
 const LOGOS_KEPT: usize = 8;
@@ -303,11 +307,21 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("result.zip");
     let mut zip = jobs::archive::ArchiveWriter::create(&path)?;
-    for ((entry, format), name) in done.iter().zip(&names) {
-        let bytes = ctx
-            .storage
-            .get(&keys::output(batch, entry.id, format.ext()))
-            .await?;
+    // Results are fetched several at a time, in order, while the zip takes them one by one.
+    let keys: Vec<String> = done
+        .iter()
+        .map(|(entry, format)| keys::output(batch, entry.id, format.ext()))
+        .collect();
+    let storage = ctx.storage.clone();
+    let mut fetched = futures::stream::iter(keys)
+        .map(move |key| {
+            let storage = storage.clone();
+            async move { storage.get(&key).await }
+        })
+        .buffered(ARCHIVE_FETCHES);
+    let mut names = names.iter();
+    while let Some(bytes) = fetched.try_next().await? {
+        let name = names.next().expect("one name per result");
         tokio::task::block_in_place(|| zip.add_image(name, &bytes))?;
     }
     tokio::task::block_in_place(|| -> std::io::Result<()> {

@@ -70,7 +70,55 @@ impl ImageTask for Resize {
             }
             let nw = ((w * ratio).round() as u32).max(1);
             let nh = ((h * ratio).round() as u32).max(1);
-            Ok(image.resize_exact(nw, nh, FilterType::CatmullRom))
+            Ok(resize_exact(&image, nw, nh))
         }))
+    }
+}
+
+/// Catmull-Rom resampling with SIMD (`fast_image_resize`, alpha premultiplied), or `image`'s
+/// own resize for the few pixel types that crate does not take.
+fn resize_exact(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
+    use fast_image_resize::{FilterType as Filter, ResizeAlg, ResizeOptions, Resizer};
+    let mut out = DynamicImage::new(width, height, image.color());
+    let options =
+        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(Filter::CatmullRom));
+    match Resizer::new().resize(image, &mut out, &options) {
+        Ok(()) => out,
+        Err(_) => image.resize_exact(width, height, FilterType::CatmullRom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage, Rgba, RgbaImage};
+
+    fn largest_difference(a: &DynamicImage, b: &DynamicImage) -> u8 {
+        let (a, b) = (a.to_rgba8(), b.to_rgba8());
+        assert_eq!(a.dimensions(), b.dimensions());
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_fast_resize_matches_the_reference_resize() {
+        let rgb = DynamicImage::ImageRgb8(RgbImage::from_fn(401, 299, |x, y| {
+            Rgb([(x * 255 / 400) as u8, (y * 255 / 298) as u8, ((x + y) % 256) as u8])
+        }));
+        // Opaque pixels, so that premultiplying the alpha changes nothing.
+        let rgba = DynamicImage::ImageRgba8(RgbaImage::from_fn(120, 90, |x, y| {
+            Rgba([(x * 2) as u8, (y * 2) as u8, 77, 255])
+        }));
+        for (img, (w, h)) in [(rgb, (200, 149)), (rgba, (61, 45))] {
+            let ours = resize_exact(&img, w, h);
+            assert_eq!(ours.color(), img.color(), "keeps the kind of image");
+            let reference = img.resize_exact(w, h, FilterType::CatmullRom);
+            let diff = largest_difference(&ours, &reference);
+            assert!(diff <= 6, "{:?}: {diff} levels apart", img.color());
+        }
     }
 }

@@ -1,114 +1,233 @@
-//! Benchmark of the whole system against the reference figures (`shared/reference-system.md`):
-//! one upload of N photo-like JPEGs, timed from the request to the download link, with real
-//! `web` and `worker` processes, Postgres, Redis and Garage.
+//! The end-to-end half of the benchmark suite (`./scripts/bench`): real `web` and `worker`
+//! processes with Postgres, Redis and Garage on this machine, fed the standard workload that
+//! `bench/workload.py` made. For each batch it prints the upload request's time, the time from
+//! submit to download link, and the overhead ratio
 //!
-//! Run it with the services up (`./scripts/bench` does that):
-//!   cargo run -p system-tests --bin bench -- [images] [width] [height] [workers] [rounds]
-//! Defaults: 20 images of 1920 × 1080, 2 workers, 3 rounds.
+//!   R = submit → link ÷ (upload request + Σ per-image pipeline CPU ÷ cores),
+//!
+//! where the pipeline CPU is what `worker apply` spends on the same files, the same way.
+//!
+//!   bench WORKLOAD_DIR [workers] [rounds]      (defaults: 2 workers, 3 rounds)
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use system_tests::images::photo_jpeg;
+use anyhow::Context;
 use system_tests::{Options, System};
+
+/// Status polling while timing: 10 ms, as the targets are measured.
+const POLL: Duration = Duration::from_millis(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<u32> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let arg = |i: usize, default: u32| args.get(i).copied().unwrap_or(default);
-    let (count, width, height, workers, rounds) =
-        (arg(0, 20), arg(1, 1920), arg(2, 1080), arg(3, 2), arg(4, 3));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let workload = PathBuf::from(
+        args.first()
+            .context("usage: bench WORKLOAD_DIR [workers] [rounds]")?,
+    );
+    let workers: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2);
+    let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let names: Vec<String> = (0..workers).map(|i| format!("bench-worker-{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let sys = System::start("bench", Options::default().workers(&names)).await?;
-    let files: Vec<(String, Vec<u8>)> = (0..count)
-        .map(|i| (format!("photo-{i:03}.jpg"), photo_jpeg(width, height, i)))
-        .collect();
-    let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     println!(
-        "{count} JPEGs of {width}x{height} ({:.1} MB), {workers} worker process(es), {} build",
-        bytes as f64 / 1e6,
-        std::env::var("WM_PROFILE").unwrap_or_else(|_| "dev".into())
-    );
-    println!(
-        "{:>5} {:>14} {:>16} {:>14} {:>12}",
-        "round", "upload (s)", "submit→link (s)", "per image (ms)", "zip (ms)"
+        "end to end: {workers} worker process(es) on {cores} cores, Postgres, Redis and Garage on \
+         the same machine, {} build; status polled every {} ms",
+        std::env::var("WM_PROFILE").unwrap_or_else(|_| "dev".into()),
+        POLL.as_millis()
     );
 
-    // A warm-up batch so that connection pools and caches are as in steady state.
-    let warm = sys.submit_ok(&files[..1], None).await?;
+    store_reads().await?;
+
+    // A warm-up batch, so that pools, children and caches are as in steady state.
+    let vga = read_set(&workload, "jpeg-vga", 1)?;
+    let warm = sys.submit_ok(&as_files(&vga), None).await?;
     sys.wait_final(&warm, Duration::from_secs(120)).await?;
 
-    for round in 1..=rounds {
-        let started = Instant::now();
-        let id = sys.submit_ok(&files, None).await?;
-        let upload = started.elapsed();
-        let status = sys.wait_final(&id, Duration::from_secs(600)).await?;
-        let total = started.elapsed();
-        anyhow::ensure!(
-            status["status"] == "done" && status["done"] == count,
-            "batch did not succeed: {status}"
-        );
-        // Worker time per image, and the archive step, from the worker logs' own timings.
-        let (per_image, zip) = worker_timings(&sys, &id);
+    println!(
+        "{:<22} {:>5} {:>11} {:>13} {:>14} {:>6}",
+        "batch", "round", "upload (s)", "→ link (s)", "pipeline (s)", "R"
+    );
+    for (label, set, count) in [
+        ("20 × 2 MP JPEG", "jpeg-2mp", 20),
+        ("10 × 12 MP JPEG", "jpeg-12mp", 10),
+    ] {
+        let files = read_set(&workload, set, count)?;
+        let cpu = pipeline_cpu(&files)?;
+        let ideal_cpu = cpu.as_secs_f64() / cores as f64;
+        let mut totals = Vec::new();
+        for round in 1..=rounds {
+            let (upload, total) = timed_batch(&sys, &files).await?;
+            let r = total.as_secs_f64() / (upload.as_secs_f64() + ideal_cpu);
+            println!(
+                "{label:<22} {round:>5} {:>11.3} {:>13.3} {:>14.3} {r:>6.2}",
+                upload.as_secs_f64(),
+                total.as_secs_f64(),
+                ideal_cpu
+            );
+            totals.push(total.as_secs_f64());
+        }
+        totals.sort_by(f64::total_cmp);
         println!(
-            "{round:>5} {:>14.2} {:>16.2} {:>14} {:>12}",
-            upload.as_secs_f64(),
-            total.as_secs_f64(),
-            per_image
-                .map(|ms| format!("{ms:.0}"))
-                .unwrap_or_else(|| "-".into()),
-            zip.map(|ms| format!("{ms}")).unwrap_or_else(|| "-".into()),
+            "{label:<22} median submit → link {:.3} s",
+            totals[totals.len() / 2]
         );
     }
+
+    // One small image, many times: the latency of the whole path.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let (_, total) = timed_batch(&sys, &vga).await?;
+        times.push(total.as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "one 640 × 480 JPEG, 20 batches: submit → link p50 {:.0} ms, p90 {:.0} ms, min {:.0} ms",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[0]
+    );
+
+    // Many small images in one batch: the per-image overhead of the queue, database and store.
+    let small = read_set(&workload, "small", 2000)?;
+    let started = Instant::now();
+    let id = sys.submit_ok(&as_files(&small), None).await?;
+    let upload = started.elapsed();
+    let status = wait(&sys, &id, Duration::from_secs(600)).await?;
+    let total = started.elapsed();
+    anyhow::ensure!(
+        status["done"] == 2000,
+        "not every small image was done: {status}"
+    );
+    let drain = total - upload;
+    println!(
+        "2,000 × 64 × 64 JPEG in one batch: upload {:.2} s, then link after {:.2} s more: {:.0} images/s",
+        upload.as_secs_f64(),
+        drain.as_secs_f64(),
+        2000.0 / drain.as_secs_f64()
+    );
     sys.shutdown().await;
     Ok(())
 }
 
-/// Mean worker time per image of batch `id`, and its archive time, read from the workers' logs
-/// (they log `ms=` for both).
-fn worker_timings(sys: &System, id: &str) -> (Option<f64>, Option<u64>) {
-    let mut image_ms = Vec::new();
-    let mut zip_ms = Vec::new();
-    let Ok(dir) = std::fs::read_dir(sys.logs()) else {
-        return (None, None);
-    };
-    for entry in dir.flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains(id)) {
-            let ms = line.split_whitespace().find_map(|w| {
-                strip_ansi(w)
-                    .strip_prefix("ms=")
-                    .and_then(|v| v.parse::<u64>().ok())
-            });
-            if let Some(ms) = ms {
-                if line.contains("image processed") {
-                    image_ms.push(ms);
-                } else if line.contains("batch archived") {
-                    zip_ms.push(ms);
-                }
-            }
-        }
-    }
-    let per_image =
-        (!image_ms.is_empty()).then(|| image_ms.iter().sum::<u64>() as f64 / image_ms.len() as f64);
-    (per_image, zip_ms.iter().max().copied())
+/// Submits `files` with the default pipeline; the upload request's time and submit → link.
+async fn timed_batch(
+    sys: &System,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<(Duration, Duration)> {
+    let files = as_files(files);
+    let started = Instant::now();
+    let id = sys.submit_ok(&files, None).await?;
+    let upload = started.elapsed();
+    let status = wait(sys, &id, Duration::from_secs(600)).await?;
+    let total = started.elapsed();
+    anyhow::ensure!(
+        status["status"] == "done" && status["done"] == files.len(),
+        "batch did not succeed: {status}"
+    );
+    Ok((upload, total))
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut in_escape = false;
-    for c in s.chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
+async fn wait(sys: &System, id: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
+    sys.wait_final_polling(id, limit, POLL).await
+}
+
+/// The first `count` files of a workload set, repeated under new names when it has fewer.
+fn read_set(workload: &Path, set: &str, count: usize) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let dir = workload.join(set);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{dir:?}: run bench/workload.py first (./scripts/bench does)"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.sort();
+    anyhow::ensure!(!paths.is_empty(), "{dir:?} is empty");
+    (0..count)
+        .map(|i| {
+            let path = &paths[i % paths.len()];
+            let name = format!(
+                "{i:04}-{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            Ok((name, std::fs::read(path)?))
+        })
+        .collect()
+}
+
+fn as_files(files: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
+    files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect()
+}
+
+/// The CPU time `worker apply` spends on `files` with the default pipeline, on one thread.
+fn pipeline_cpu(files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let mut paths = Vec::new();
+    for (name, bytes) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes)?;
+        paths.push(path);
     }
-    out
+    let out = Command::new(system_tests::binaries().join("worker"))
+        .arg("apply")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .args(&paths)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "worker apply failed: {err}");
+    let ms: f64 = err
+        .split("cpu ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no cpu figure in {err:?}"))?;
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Sequential GETs of objects of a few sizes from the local store, on reused connections and on
+/// a fresh connection each (`S3_REUSE_CONNECTIONS`): what the Garage stall costs, and what the
+/// setting saves.
+async fn store_reads() -> anyhow::Result<()> {
+    use jobs::storage::{Storage, StorageConfig};
+    let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
+    let config = |reuse| -> anyhow::Result<StorageConfig> {
+        Ok(StorageConfig {
+            endpoint: Some(var("S3_ENDPOINT")?),
+            region: var("S3_REGION")?,
+            bucket: var("S3_BUCKET")?,
+            access_key_id: var("S3_ACCESS_KEY_ID")?,
+            secret_access_key: var("S3_SECRET_ACCESS_KEY")?,
+            force_path_style: true,
+            reuse_connections: reuse,
+        })
+    };
+    let (reused, fresh) = (
+        Storage::from_config(config(true)?),
+        Storage::from_config(config(false)?),
+    );
+    print!("store GETs, mean of 30 in a row (reused connection / fresh connection):");
+    for size in [3_000usize, 50_000, 400_000, 2_000_000] {
+        let key = format!("bench/read-{size}");
+        reused
+            .put(&key, vec![7u8; size].into(), "application/octet-stream")
+            .await?;
+        let mut means = Vec::new();
+        for storage in [&reused, &fresh] {
+            storage.get(&key).await?; // connect once
+            let started = Instant::now();
+            for _ in 0..30 {
+                storage.get(&key).await?;
+            }
+            means.push(started.elapsed().as_secs_f64() * 1000.0 / 30.0);
+        }
+        reused.delete_prefix(&key).await?;
+        print!("  {} KB {:.1} / {:.1} ms", size / 1000, means[0], means[1]);
+    }
+    println!();
+    Ok(())
 }
