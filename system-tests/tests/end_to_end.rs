@@ -569,9 +569,13 @@ async fn submit_with_logo(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() {
-    let sys = System::start("custom-logo", Options::default())
-        .await
-        .expect("system starts");
+    // One image at a time, so that both batches below go through the same image child.
+    let sys = System::start(
+        "custom-logo",
+        Options::default().env("WORKER_CONCURRENCY", 1),
+    )
+    .await
+    .expect("system starts");
     let grey = [120, 120, 120];
     let pipeline = json!([{"task": "watermark", "position": "bottom-right", "opacity": 1.0, "scale": 0.25, "margin": 0.05}]);
     let red_logo = flat_png(40, 20, [230, 20, 20, 255]);
@@ -601,6 +605,32 @@ async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() 
     };
     assert!(red(400 - 15 - 50, 300 - 15 - 25), "the logo is not drawn");
     assert!(!red(10, 10) && !differs(img.get_pixel(10, 10).0, grey, 2));
+
+    // A second batch with another logo, in the same long-lived child: its own logo is drawn,
+    // not the first batch's.
+    let (code, body) = submit_with_logo(
+        &sys,
+        &[("photo.png", flat_png(400, 300, [120, 120, 120, 255]))],
+        &pipeline,
+        flat_png(40, 20, [20, 20, 230, 255]),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let second = body["id"].as_str().expect("id").to_owned();
+    let status = sys
+        .wait_final(&second, Duration::from_secs(60))
+        .await
+        .expect("finishes");
+    assert_eq!(status["status"], "done", "{status}");
+    let (_, zip) = sys.download(&second).await.expect("downloads");
+    let img = image::load_from_memory(&unzip(&zip)[0].1)
+        .expect("decodes")
+        .to_rgb8();
+    let p = img.get_pixel(400 - 15 - 50, 300 - 15 - 25).0;
+    assert!(
+        p[2] > 200 && p[0] < 60 && p[1] < 60,
+        "the second batch's logo is not drawn: {p:?}"
+    );
 
     // A logo that is not an image: 400 naming it, and nothing stored.
     let (code, body) = submit_with_logo(
@@ -634,13 +664,16 @@ async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() 
             .contains("needs a logo file"),
         "{body}"
     );
-    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 2);
     let stray: Vec<String> = sys
         .objects()
         .await
         .expect("lists")
         .into_iter()
-        .filter(|k| !k.starts_with(&format!("batches/{id}/")))
+        .filter(|k| {
+            !k.starts_with(&format!("batches/{id}/"))
+                && !k.starts_with(&format!("batches/{second}/"))
+        })
         .collect();
     assert!(stray.is_empty(), "refused uploads left {stray:?}");
     sys.shutdown().await;

@@ -34,7 +34,14 @@ async fn main() -> anyhow::Result<()> {
 
     let names: Vec<String> = (0..workers).map(|i| format!("bench-worker-{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let sys = System::start("bench", Options::default().workers(&names)).await?;
+    let options = Options::default()
+        .workers(&names)
+        .env("MAX_FILES_PER_BATCH", 2500)
+        .env(
+            "POLL_INTERVAL_MS",
+            std::env::var("POLL_INTERVAL_MS").unwrap_or_else(|_| "200".into()),
+        );
+    let sys = System::start("bench", options).await?;
     println!(
         "end to end: {workers} worker process(es) on {cores} cores, Postgres, Redis and Garage on \
          the same machine, {} build; status polled every {} ms",
