@@ -16,6 +16,7 @@ pub mod signals;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod wake;
 
 pub use config::Settings;
 pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus};

@@ -146,7 +146,9 @@ impl Queues {
             .clone()
             .push_bulk(jobs)
             .await
-            .map_err(QueueError::from_sink)
+            .map_err(QueueError::from_sink)?;
+        self.wake(&image_queue(&self.prefix)).await;
+        Ok(())
     }
 
     pub async fn enqueue_archive(&self, batch: BatchId) -> Result<(), QueueError> {
@@ -158,7 +160,23 @@ impl Queues {
             .clone()
             .push(job)
             .await
-            .map_err(QueueError::from_sink)
+            .map_err(QueueError::from_sink)?;
+        self.wake(&archive_queue(&self.prefix)).await;
+        Ok(())
+    }
+
+    /// Tells idle workers that `queue` has new jobs (see `wake`). Best effort: a worker that
+    /// misses it finds the jobs at its next poll.
+    async fn wake(&self, queue: &str) {
+        let mut conn = self.conn.clone();
+        let published = redis::cmd("PUBLISH")
+            .arg(crate::wake::channel(&self.prefix))
+            .arg(queue)
+            .query_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = published {
+            tracing::debug!(error = %e, "could not wake the workers; they will poll");
+        }
     }
 
     /// The key whose absence tells that Redis lost its data (a restart without persistence, a

@@ -26,6 +26,9 @@ pub struct Ctx {
     pub pool: Arc<Pool>,
     /// The uploaded logos of the batches seen last, so that each is fetched once.
     pub logos: Arc<LogoCache>,
+    /// Wake-ups of this worker's image and archive queue workers (`jobs::wake`).
+    pub wake_images: jobs::wake::Wake,
+    pub wake_archives: jobs::wake::Wake,
     /// The images this worker is processing right now, handed back to the dispatcher should
     /// the worker stop before it finishes them.
     pub in_hand: jobs::InProgress<jobs::ImageId>,
@@ -94,15 +97,22 @@ pub async fn run_monitor(
     let archive_name = format!("{name}-archives");
     let monitor = Monitor::new()
         .register(move |run| {
+            // Polled at `poll`, and woken at once by new jobs and by a finished one.
+            let strategy = Strategy::new()
+                .stream(image_ctx.wake_images.stream())
+                .interval(poll);
             WorkerBuilder::new(format!("{image_name}-{run}"))
-                .backend(image_ctx.queues.image_backend().poll_with_interval(poll))
+                .backend(PollWith::new(image_ctx.queues.image_backend(), strategy))
                 .concurrency(concurrency)
                 .data(image_ctx.clone())
                 .build(process_image)
         })
         .register(move |run| {
+            let strategy = Strategy::new()
+                .stream(archive_ctx.wake_archives.stream())
+                .interval(poll);
             WorkerBuilder::new(format!("{archive_name}-{run}"))
-                .backend(archive_ctx.queues.archive_backend().poll_with_interval(poll))
+                .backend(PollWith::new(archive_ctx.queues.archive_backend(), strategy))
                 .data(archive_ctx.clone())
                 .build(build_archive)
         })
@@ -144,6 +154,8 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     let held = Held::new(&ctx.in_hand, job.image);
     let result = process_started(&ctx, &job, &work).await;
     held.release();
+    // A slot is free: fetch the next image now rather than at the next poll.
+    ctx.wake_images.signal();
     result
 }
 

@@ -33,7 +33,8 @@ pub struct Cli {
     #[arg(long, env = "WORKER_NAME")]
     pub name: Option<String>,
 
-    /// How often an idle worker asks Redis for work, in milliseconds.
+    /// How often an idle worker asks Redis for work, in milliseconds (new jobs also wake it at
+    /// once through the `{QUEUE_PREFIX}:wake` channel; polling catches what that misses).
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub poll_interval_ms: u64,
 
@@ -139,12 +140,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
         )),
         logos: Arc::default(),
+        wake_images: jobs::wake::Wake::default(),
+        wake_archives: jobs::wake::Wake::default(),
         in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
 
     let poll = Duration::from_millis(cli.poll_interval_ms);
     let dispatcher = tokio::spawn(dispatcher::run(ctx.clone(), poll));
+    let listener = {
+        let (images, archives) = (ctx.wake_images.clone(), ctx.wake_archives.clone());
+        let (image_queue, archive_queue) = (
+            jobs::queue::image_queue(&settings.queue_prefix),
+            jobs::queue::archive_queue(&settings.queue_prefix),
+        );
+        tokio::spawn(jobs::wake::listen(
+            settings.redis_url().to_owned(),
+            settings.queue_prefix.clone(),
+            move |queue| {
+                if queue == image_queue {
+                    images.signal();
+                } else if queue == archive_queue {
+                    archives.signal();
+                }
+            },
+        ))
+    };
     let scheduler = cron::start(&cli, ctx.clone()).await?;
     let result = handlers::run_monitor(
         ctx.clone(),
@@ -159,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await;
     dispatcher.abort();
+    listener.abort();
     // Images still in hand after the grace period go back to the queue at once, rather than
     // waiting for Redis to notice that this worker is gone.
     let unfinished = ctx.in_hand.ids();
