@@ -134,6 +134,7 @@ impl Settings {
         crate::pipeline::Limits {
             max_pixels: self.max_image_pixels,
             jpeg_quality: self.jpeg_quality,
+            jpeg_path: crate::pipeline::JpegPath::Auto,
         }
     }
 }

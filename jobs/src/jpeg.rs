@@ -228,6 +228,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_pixels: 50_000_000,
         jpeg_quality: 90,
+        jpeg_path: crate::pipeline::JpegPath::Auto,
     };
 
     /// A photo-like picture: smooth gradients, some texture and a little noise.

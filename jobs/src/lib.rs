@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod config;
 pub mod db;
+mod dct;
 pub mod dispatch;
 pub mod domain;
 mod jpeg;

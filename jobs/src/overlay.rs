@@ -196,6 +196,82 @@ impl Overlay {
         }
     }
 
+    /// Whether the marks paint any cell of the 8 × 8 block whose top-left cell is (`bx`, `by`)
+    /// in one plane (see [`Self::blend_block`]).
+    pub fn paints_block(&self, bx: u32, by: u32, component: usize, factors: (u8, u8)) -> bool {
+        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
+        self.positions.iter().any(|&(x0, y0)| {
+            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
+            let cells = self.ycc((
+                sx as u8,
+                sy as u8,
+                ox as u8,
+                oy as u8,
+                component.min(2) as u8,
+            ));
+            let (cx0, cy0) = (x0.div_euclid(sx), y0.div_euclid(sy));
+            (0..8i64).any(|j| {
+                let my = by as i64 + j - cy0;
+                if my < 0 || my >= cells.height as i64 {
+                    return false;
+                }
+                let (first, end) = cells.spans[my as usize];
+                let (mx0, mx1) = (bx as i64 - cx0, bx as i64 + 8 - cx0);
+                (first as i64) < mx1 && (end as i64) > mx0 && first < end
+            })
+        })
+    }
+
+    /// Blends onto one 8 × 8 block (row-major, unrounded pixel values) of one plane, as
+    /// [`Self::blend_plane`] does; the block's top-left cell is (`bx`, `by`) in the plane. True
+    /// when the marks paint any of its cells.
+    pub fn blend_block(
+        &self,
+        block: &mut [f32; 64],
+        bx: u32,
+        by: u32,
+        component: usize,
+        factors: (u8, u8),
+    ) -> bool {
+        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
+        let pw = (self.size.0 as i64 + sx - 1) / sx;
+        let ph = (self.size.1 as i64 + sy - 1) / sy;
+        let mut changed = false;
+        for &(x0, y0) in &self.positions {
+            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
+            let cells = self.ycc((
+                sx as u8,
+                sy as u8,
+                ox as u8,
+                oy as u8,
+                component.min(2) as u8,
+            ));
+            let (cx0, cy0) = (x0.div_euclid(sx), y0.div_euclid(sy));
+            for j in 0..8i64 {
+                let (py, my) = (by as i64 + j, by as i64 + j - cy0);
+                if py >= ph || my < 0 || my >= cells.height as i64 {
+                    continue;
+                }
+                let (first, end) = cells.spans[my as usize];
+                for i in 0..8i64 {
+                    let (px, mx) = (bx as i64 + i, bx as i64 + i - cx0);
+                    if px >= pw || mx < first as i64 || mx >= end as i64 {
+                        continue;
+                    }
+                    let at = my as usize * cells.width as usize + mx as usize;
+                    let inv = cells.inv[at];
+                    if inv == 255 {
+                        continue;
+                    }
+                    let v = &mut block[(j * 8 + i) as usize];
+                    *v = (cells.pre[at] as f32 + inv as f32 * *v) / 255.0;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
     /// The mark's pixels in YCbCr (with alpha), made once.
     fn ycc_pixels(&self) -> &[[u8; 4]] {
         self.ycc_pixels.get_or_init(|| {

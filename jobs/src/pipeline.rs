@@ -18,6 +18,21 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Quality of JPEG output (1–100).
     pub jpeg_quality: u8,
+    /// Which path JPEGs take (benchmarks and tests compare them; the system uses `Auto`).
+    pub jpeg_path: JpegPath,
+}
+
+/// The paths a JPEG can take through the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegPath {
+    /// The fastest that applies: the DCT domain for small marks, the YCbCr planes for other
+    /// marks, pixels for everything else.
+    #[default]
+    Auto,
+    /// The YCbCr planes when the steps are marks, else pixels.
+    Planar,
+    /// Always pixels.
+    Pixels,
 }
 
 /// The image types we read and write.
@@ -134,6 +149,7 @@ pub fn decode_logo(bytes: &[u8]) -> Result<image::RgbaImage, String> {
     let limits = Limits {
         max_pixels: MAX_LOGO_PIXELS,
         jpeg_quality: 90,
+        jpeg_path: JpegPath::Auto,
     };
     decode(bytes, format, &limits)
         .map(|img| img.to_rgba8())
@@ -233,8 +249,9 @@ pub fn process(input: &[u8], pipeline: &Pipeline, limits: &Limits) -> Result<Out
 }
 
 /// Processes one image, giving up with [`ProcessError::TimedOut`] once `deadline` has passed
-/// (checked after decoding and after every step). JPEGs whose pipeline only paints marks take
-/// the planar fast path (`jpeg` module); everything else is decoded to pixels.
+/// (checked after decoding and after every step). JPEGs whose pipeline only paints marks take a
+/// fast path: in the DCT domain when the marks cover a small part of the image (`dct` module),
+/// else in the YCbCr planes (`jpeg` module); everything else is decoded to pixels.
 pub fn process_until(
     input: &[u8],
     pipeline: &PreparedPipeline,
@@ -246,7 +263,12 @@ pub fn process_until(
         _ => Ok(()),
     };
     let format = Format::sniff(input).ok_or(ProcessError::Unsupported)?;
-    if format == Format::Jpeg {
+    if format == Format::Jpeg && limits.jpeg_path == JpegPath::Auto {
+        if let Some(out) = crate::dct::process_dct(input, pipeline, limits, &check)? {
+            return Ok(out);
+        }
+    }
+    if format == Format::Jpeg && limits.jpeg_path != JpegPath::Pixels {
         if let Some(out) = crate::jpeg::process_planar(input, pipeline, limits, &check)? {
             return Ok(out);
         }
@@ -459,6 +481,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_pixels: 1_000_000,
         jpeg_quality: 90,
+        jpeg_path: JpegPath::Auto,
     };
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {

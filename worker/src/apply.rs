@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use jobs::pipeline::{process_until, Format, Limits};
+use jobs::pipeline::{process_until, Format, JpegPath, Limits};
 use jobs::tasks::Pipeline;
 use serde_json::Value;
 
@@ -46,6 +46,10 @@ pub struct ApplyCli {
     #[arg(long, env = "JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
 
+    /// Which path JPEGs take: `auto` (what the workers do), or `planar` / `pixels` to compare.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "planar", "pixels"], hide = true)]
+    pub path: String,
+
     /// Print nothing for files that succeed.
     #[arg(long, short)]
     pub quiet: bool,
@@ -75,6 +79,11 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
     let limits = Limits {
         max_pixels: cli.max_image_pixels,
         jpeg_quality: cli.jpeg_quality,
+        jpeg_path: match cli.path.as_str() {
+            "planar" => JpegPath::Planar,
+            "pixels" => JpegPath::Pixels,
+            _ => JpegPath::Auto,
+        },
     };
     std::fs::create_dir_all(&cli.out).with_context(|| format!("cannot make {:?}", cli.out))?;
 

@@ -302,6 +302,7 @@ fn child(args: &[String]) -> Result<(), String> {
     let limits = Limits {
         max_pixels: max_pixels.parse().map_err(|_| "bad max pixels")?,
         jpeg_quality: quality.parse().map_err(|_| "bad quality")?,
+        jpeg_path: jobs::pipeline::JpegPath::Auto,
     };
     let faults = std::env::var_os(FAULTS_ENV).is_some();
     let mut stdin = BufReader::new(std::io::stdin().lock());

@@ -48,6 +48,7 @@ fn every_registered_task_conforms() {
     let limits = Limits {
         max_pixels: 50_000_000,
         jpeg_quality: 90,
+        jpeg_path: crate::pipeline::JpegPath::Auto,
     };
     for task in REGISTRY {
         let pipeline = Pipeline::parse(&json!([{"task": task.name()}]))

@@ -1,0 +1,532 @@
+//! The JPEG fast path for marks that cover part of the image (an anchored logo or text): the
+//! image is never decoded. libjpeg-turbo's lossless transform (`tj3Transform`, no operation)
+//! hands us the quantised DCT coefficients of every block; only the blocks under a mark are
+//! dequantised with the image's own tables, turned into pixels (inverse DCT), blended in their
+//! component's YCbCr at that component's resolution, turned back (forward DCT) and
+//! re-quantised. Every other block keeps its coefficients bit for bit: no generation loss where
+//! the mark is not. The entropy-coded data is still decoded and encoded again in full (copying
+//! the untouched MCU rows as they are is the next step).
+
+use std::sync::Arc;
+
+use image::metadata::Orientation;
+use turbojpeg::{libc, raw, Colorspace, Subsamp};
+
+use crate::overlay::{Overlay, Rect};
+use crate::pipeline::{exif_orientation, Format, Limits, Output, PreparedPipeline, ProcessError};
+
+/// The marks may cover at most this share of the image (in MCU-aligned area) for this path;
+/// beyond it, blending the decoded planes costs less.
+const MAX_SHARE: f64 = 0.5;
+
+/// Natural (row-major) index of the i-th coefficient in zig-zag order, as DQT stores them.
+const ZIGZAG: [usize; 64] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+];
+
+/// One component of the image, as its frame header and quantisation table describe it.
+#[derive(Debug, Clone)]
+struct Component {
+    /// Sampling factors (H, V).
+    sampling: (u8, u8),
+    /// Its quantisation table, in natural order.
+    quant: [f32; 64],
+}
+
+/// The components of a baseline or progressive Huffman-coded JPEG; `None` for anything else.
+fn components(input: &[u8]) -> Option<Vec<Component>> {
+    let mut tables: [Option<[f32; 64]>; 4] = [None; 4];
+    let mut frame: Option<Vec<(u8, u8, usize)>> = None;
+    let mut at = 2;
+    if input.get(..2)? != [0xff, 0xd8] {
+        return None;
+    }
+    loop {
+        while *input.get(at)? != 0xff {
+            at += 1;
+        }
+        while *input.get(at)? == 0xff {
+            at += 1;
+        }
+        let marker = *input.get(at)?;
+        at += 1;
+        if marker == 0xda {
+            break; // start of scan: every table it needs came before
+        }
+        let len = u16::from_be_bytes([*input.get(at)?, *input.get(at + 1)?]) as usize;
+        let segment = input.get(at + 2..at + len)?;
+        match marker {
+            0xdb => {
+                let mut s = segment;
+                while !s.is_empty() {
+                    let (precision, id) = (s[0] >> 4, (s[0] & 15) as usize);
+                    let size = if precision == 0 { 64 } else { 128 };
+                    let values = s.get(1..1 + size)?;
+                    let mut table = [0f32; 64];
+                    for (i, &natural) in ZIGZAG.iter().enumerate() {
+                        table[natural] = if precision == 0 {
+                            values[i] as f32
+                        } else {
+                            u16::from_be_bytes([values[2 * i], values[2 * i + 1]]) as f32
+                        };
+                    }
+                    *tables.get_mut(id)? = Some(table);
+                    s = &s[1 + size..];
+                }
+            }
+            // Baseline, extended and progressive Huffman frames.
+            0xc0..=0xc2 => {
+                let count = *segment.get(5)? as usize;
+                let mut comps = Vec::with_capacity(count);
+                for c in 0..count {
+                    let spec = segment.get(6 + 3 * c..9 + 3 * c)?;
+                    comps.push((spec[1] >> 4, spec[1] & 15, spec[2] as usize));
+                }
+                frame = Some(comps);
+            }
+            // Lossless, hierarchical or arithmetic-coded frames: not here.
+            0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf => return None,
+            _ => {}
+        }
+        at += len;
+    }
+    frame?
+        .into_iter()
+        .map(|(h, v, table)| {
+            Some(Component {
+                sampling: (h.max(1), v.max(1)),
+                quant: (*tables.get(table)?)?,
+            })
+        })
+        .collect()
+}
+
+/// The orthonormal 8-point DCT-II basis `B[u][x]` and its transpose.
+struct Basis {
+    forward: [[f32; 8]; 8],
+    inverse: [[f32; 8]; 8],
+}
+
+fn basis() -> &'static Basis {
+    static BASIS: std::sync::OnceLock<Basis> = std::sync::OnceLock::new();
+    BASIS.get_or_init(|| {
+        let mut forward = [[0f32; 8]; 8];
+        let mut inverse = [[0f32; 8]; 8];
+        for u in 0..8 {
+            let c = if u == 0 { (0.5f64).sqrt() } else { 1.0 };
+            for x in 0..8 {
+                let v = (c / 2.0
+                    * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos())
+                    as f32;
+                forward[u][x] = v;
+                inverse[x][u] = v;
+            }
+        }
+        Basis { forward, inverse }
+    })
+}
+
+/// `m · x · mᵀ` for row-major 8 × 8 blocks: the forward DCT with `m` = B (coefficients from
+/// level-shifted pixels), the inverse with `m` = Bᵀ. Written so that the inner loops vectorise.
+fn transform_block(x: &[f32; 64], m: &[[f32; 8]; 8]) -> [f32; 64] {
+    // tmp = x · mᵀ: tmp[r][k] = Σj x[r][j] m[k][j]
+    let mut tmp = [0f32; 64];
+    for r in 0..8 {
+        let row: &mut [f32; 8] = (&mut tmp[r * 8..r * 8 + 8]).try_into().expect("8");
+        for j in 0..8 {
+            let v = x[r * 8 + j];
+            for k in 0..8 {
+                row[k] += v * m[k][j];
+            }
+        }
+    }
+    // out = m · tmp: out[k][c] = Σj m[k][j] tmp[j][c]
+    let mut out = [0f32; 64];
+    for k in 0..8 {
+        let row: &mut [f32; 8] = (&mut out[k * 8..k * 8 + 8]).try_into().expect("8");
+        for j in 0..8 {
+            let w = m[k][j];
+            for c in 0..8 {
+                row[c] += w * tmp[j * 8 + c];
+            }
+        }
+    }
+    out
+}
+
+/// What the coefficient filter needs.
+struct Job<'a> {
+    components: Vec<Component>,
+    /// Per component: its subsampling factors against the image, and the rectangle of blocks
+    /// it may change.
+    regions: Vec<((u8, u8), Rect)>,
+    overlays: &'a [Arc<Overlay>],
+}
+
+impl Job<'_> {
+    /// Blends the marks into one row of blocks of component `ci` at block row `row`.
+    fn filter_row(&self, blocks: &mut [i16], ci: usize, row: u32) {
+        let Some((factors, region)) = self.regions.get(ci) else {
+            return;
+        };
+        if row < region.y0 || row >= region.y1 {
+            return;
+        }
+        let quant = &self.components[ci].quant;
+        let count = (blocks.len() / 64) as u32;
+        for col in region.x0..region.x1.min(count) {
+            let (x, y) = (col * 8, row * 8);
+            if !self
+                .overlays
+                .iter()
+                .any(|o| o.paints_block(x, y, ci.min(2), *factors))
+            {
+                continue;
+            }
+            let block = &mut blocks[col as usize * 64..col as usize * 64 + 64];
+            let mut coeffs = [0f32; 64];
+            for k in 0..64 {
+                coeffs[k] = block[k] as f32 * quant[k];
+            }
+            let mut pixels = transform_block(&coeffs, &basis().inverse);
+            for p in pixels.iter_mut() {
+                *p += 128.0;
+            }
+            let mut changed = false;
+            for overlay in self.overlays {
+                changed |= overlay.blend_block(&mut pixels, x, y, ci.min(2), *factors);
+            }
+            if !changed {
+                continue;
+            }
+            for p in pixels.iter_mut() {
+                *p = p.clamp(0.0, 255.0) - 128.0;
+            }
+            let coeffs = transform_block(&pixels, &basis().forward);
+            for k in 0..64 {
+                block[k] = (coeffs[k] / quant[k])
+                    .round()
+                    .clamp(i16::MIN as f32, i16::MAX as f32) as i16;
+            }
+        }
+    }
+}
+
+/// A coefficient filter: called with one row of blocks (64 coefficients each, natural order)
+/// of a component, the component's index and the row's index in blocks.
+type Filter<'a> = dyn FnMut(&mut [i16], usize, u32) + 'a;
+
+unsafe extern "C" fn trampoline(
+    coeffs: *mut libc::c_short,
+    array_region: raw::tjregion,
+    _plane_region: raw::tjregion,
+    component: libc::c_int,
+    _transform_id: libc::c_int,
+    transform: *mut raw::tjtransform,
+) -> libc::c_int {
+    // SAFETY: `data` is the `&mut Filter` that `transform` passed, alive for the whole call,
+    // and `coeffs` holds one row of blocks: `array_region.w` coefficients wide, 8 high.
+    let filter = unsafe { &mut *((*transform).data as *mut &mut Filter) };
+    let blocks =
+        unsafe { std::slice::from_raw_parts_mut(coeffs, array_region.w.max(0) as usize * 8) };
+    let row = (array_region.y / 8).max(0) as u32;
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        filter(blocks, component.max(0) as usize, row)
+    }));
+    if ran.is_err() {
+        return -1;
+    }
+    0
+}
+
+/// Processes `input` in the DCT domain when the pipeline only paints marks that cover a small
+/// part of it; `Ok(None)` otherwise (the caller takes another path).
+pub(crate) fn process_dct(
+    input: &[u8],
+    pipeline: &PreparedPipeline,
+    limits: &Limits,
+    check: &dyn Fn() -> Result<(), ProcessError>,
+) -> Result<Option<Output>, ProcessError> {
+    let header = turbojpeg::read_header(input).map_err(|e| ProcessError::Corrupt(e.to_string()))?;
+    crate::pipeline::check_size(header.width as u64, header.height as u64, limits)?;
+    if !matches!(header.colorspace, Colorspace::YCbCr | Colorspace::Gray)
+        || header.subsamp == Subsamp::Unknown
+        || header.is_lossless
+        || header.is_arithmetic
+        || exif_orientation(input).is_some_and(|o| o != Orientation::NoTransforms)
+    {
+        return Ok(None);
+    }
+    let (w, h) = (header.width as u32, header.height as u32);
+    let Some(overlays) = pipeline.overlays(w, h)? else {
+        return Ok(None);
+    };
+    let Some(components) = components(input) else {
+        return Ok(None);
+    };
+    let hmax = components.iter().map(|c| c.sampling.0).max().unwrap_or(1) as u32;
+    let vmax = components.iter().map(|c| c.sampling.1).max().unwrap_or(1) as u32;
+    let bounds = overlays
+        .iter()
+        .filter_map(|o| o.bounds())
+        .reduce(|a, b| Rect {
+            x0: a.x0.min(b.x0),
+            y0: a.y0.min(b.y0),
+            x1: a.x1.max(b.x1),
+            y1: a.y1.max(b.y1),
+        });
+    let Some(bounds) = bounds else {
+        return Ok(None); // nothing to paint: the other paths say so just as well
+    };
+    let rect = mcu_rect(bounds, (8 * hmax, 8 * vmax), (w, h));
+    let share = ((rect.x1 - rect.x0) as f64 * (rect.y1 - rect.y0) as f64) / (w as f64 * h as f64);
+    if share > MAX_SHARE {
+        return Ok(None);
+    }
+    let regions = components
+        .iter()
+        .map(|c| {
+            let factors = (
+                (hmax / c.sampling.0 as u32) as u8,
+                (vmax / c.sampling.1 as u32) as u8,
+            );
+            let (bw, bh) = (8 * factors.0 as u32, 8 * factors.1 as u32);
+            let blocks = Rect {
+                x0: rect.x0 / bw,
+                y0: rect.y0 / bh,
+                x1: rect.x1.div_ceil(bw),
+                y1: rect.y1.div_ceil(bh),
+            };
+            (factors, blocks)
+        })
+        .collect();
+    let job = Job {
+        components,
+        regions,
+        overlays: &overlays,
+    };
+    check()?;
+    let bytes = transform(input, &mut |blocks, ci, row| {
+        job.filter_row(blocks, ci, row)
+    })?;
+    check()?;
+    Ok(Some(Output {
+        bytes,
+        format: Format::Jpeg,
+        width: w,
+        height: h,
+    }))
+}
+
+/// `bounds` grown to whole MCUs of `mcu` pixels, within the image of `size`.
+fn mcu_rect(bounds: Rect, mcu: (u32, u32), size: (u32, u32)) -> Rect {
+    Rect {
+        x0: bounds.x0 / mcu.0 * mcu.0,
+        y0: bounds.y0 / mcu.1 * mcu.1,
+        x1: (bounds.x1.div_ceil(mcu.0) * mcu.0).min(size.0.div_ceil(mcu.0) * mcu.0),
+        y1: (bounds.y1.div_ceil(mcu.1) * mcu.1).min(size.1.div_ceil(mcu.1) * mcu.1),
+    }
+}
+
+/// The lossless transform (no operation, no markers kept), with `filter` on the coefficients.
+fn transform(input: &[u8], mut filter: &mut Filter) -> Result<Vec<u8>, ProcessError> {
+    struct Handle(raw::tjhandle);
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: made by tj3Init, destroyed once.
+            unsafe { raw::tj3Destroy(self.0) }
+        }
+    }
+    thread_local! {
+        // One transformer per thread, kept between images.
+        static HANDLE: Handle = Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_TRANSFORM as libc::c_int) });
+    }
+    let fail = |handle: raw::tjhandle| {
+        // SAFETY: the handle is valid; the message is a C string owned by TurboJPEG.
+        let message = unsafe { std::ffi::CStr::from_ptr(raw::tj3GetErrorStr(handle)) };
+        ProcessError::Corrupt(message.to_string_lossy().into_owned())
+    };
+    HANDLE.with(|handle| {
+        // SAFETY: plain FFI on buffers that outlive the calls.
+        unsafe {
+            if handle.0.is_null() {
+                return Err(ProcessError::Encode(
+                    "cannot start the JPEG transformer".into(),
+                ));
+            }
+            let spec = raw::tjtransform {
+                r: raw::tjregion {
+                    x: 0,
+                    y: 0,
+                    w: 0,
+                    h: 0,
+                },
+                op: raw::TJXOP_TJXOP_NONE as libc::c_int,
+                options: raw::TJXOPT_COPYNONE as libc::c_int,
+                data: &mut filter as *mut &mut Filter as *mut libc::c_void,
+                customFilter: Some(trampoline),
+            };
+            let mut out: *mut libc::c_uchar = std::ptr::null_mut();
+            let mut out_len: raw::size_t = 0;
+            let result = raw::tj3Transform(
+                handle.0,
+                input.as_ptr(),
+                input.len() as raw::size_t,
+                1,
+                &mut out,
+                &mut out_len,
+                &spec,
+            );
+            if result != 0 || out.is_null() {
+                if !out.is_null() {
+                    raw::tj3Free(out as *mut libc::c_void);
+                }
+                return Err(fail(handle.0));
+            }
+            let bytes = std::slice::from_raw_parts(out, out_len as usize).to_vec();
+            raw::tj3Free(out as *mut libc::c_void);
+            Ok(bytes)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{Assets, Pipeline};
+    use image::RgbImage;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        max_pixels: 50_000_000,
+        jpeg_quality: 90,
+        jpeg_path: crate::pipeline::JpegPath::Auto,
+    };
+
+    fn photo(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let wave = ((x as f32 / 7.0).sin() * (y as f32 / 11.0).cos() * 30.0) as i32;
+            let c = |v: i32| (v + wave).clamp(0, 255) as u8;
+            image::Rgb([
+                c((x * 200 / w) as i32 + 20),
+                c(220 - (y * 180 / h) as i32),
+                c(100),
+            ])
+        })
+    }
+
+    fn prepared(step: serde_json::Value) -> PreparedPipeline {
+        let p = Pipeline::parse(&json!([step])).expect("valid");
+        PreparedPipeline::new(&p, &Assets::default()).expect("prepares")
+    }
+
+    /// Every component's coefficients, as rows of blocks.
+    fn coefficients(jpeg: &[u8]) -> Vec<Vec<(u32, Vec<i16>)>> {
+        let mut out: Vec<Vec<(u32, Vec<i16>)>> = Vec::new();
+        transform(jpeg, &mut |blocks, ci, row| {
+            if out.len() <= ci {
+                out.resize(ci + 1, Vec::new());
+            }
+            out[ci].push((row, blocks.to_vec()));
+        })
+        .expect("transforms");
+        out
+    }
+
+    #[test]
+    fn coefficients_outside_the_marks_mcus_stay_bit_identical() {
+        let (w, h) = (640, 480);
+        for subsamp in [
+            Subsamp::Sub2x2,
+            Subsamp::Sub2x1,
+            Subsamp::None,
+            Subsamp::Gray,
+        ] {
+            let input = turbojpeg::compress_image(&photo(w, h), 90, subsamp)
+                .expect("encodes")
+                .to_vec();
+            let pipeline =
+                prepared(json!({"task": "watermark", "position": "bottom-right", "opacity": 0.8}));
+            let out = process_dct(&input, &pipeline, &LIMITS, &|| Ok(()))
+                .expect("processes")
+                .expect("takes the DCT path");
+            // The rectangle of whole MCUs under the mark, in pixels.
+            let overlay = &pipeline.overlays(w, h).expect("ok").expect("marks")[0];
+            let (mw, mh) = (subsamp.mcu_width() as u32, subsamp.mcu_height() as u32);
+            let rect = mcu_rect(overlay.bounds().expect("paints"), (mw, mh), (w, h));
+            let (before, after) = (coefficients(&input), coefficients(&out.bytes));
+            assert_eq!(before.len(), after.len());
+            let (mut inside_changed, mut outside) = (0, 0);
+            for (ci, (rows_before, rows_after)) in before.iter().zip(&after).enumerate() {
+                let (sx, sy) = if ci == 0 || subsamp == Subsamp::Gray {
+                    (1, 1)
+                } else {
+                    (subsamp.width() as u32, subsamp.height() as u32)
+                };
+                for ((row, a), (_, b)) in rows_before.iter().zip(rows_after) {
+                    for (col, (x, y)) in a.chunks(64).zip(b.chunks(64)).enumerate() {
+                        // The block's pixels in the image.
+                        let (px, py) = (col as u32 * 8 * sx, row * 8 * sy);
+                        let inside = px >= rect.x0 && px < rect.x1 && py >= rect.y0 && py < rect.y1;
+                        if inside {
+                            inside_changed += (x != y) as usize;
+                        } else {
+                            outside += 1;
+                            assert_eq!(
+                                x, y,
+                                "{subsamp:?}: component {ci} block ({col}, {row}) changed"
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(
+                outside > 1000,
+                "{subsamp:?}: only {outside} blocks outside the mark"
+            );
+            assert!(
+                inside_changed > 20,
+                "{subsamp:?}: the mark changed {inside_changed} blocks"
+            );
+        }
+    }
+
+    #[test]
+    fn marks_blended_in_the_dct_domain_look_like_the_planar_ones() {
+        let img = photo(800, 600);
+        let input = turbojpeg::compress_image(&img, 90, Subsamp::Sub2x2)
+            .expect("encodes")
+            .to_vec();
+        for step in [
+            json!({"task": "watermark", "position": "bottom-right"}),
+            json!({"task": "watermark", "position": "top-left", "text": "© Test", "color": "#20ff20"}),
+        ] {
+            let pipeline = prepared(step.clone());
+            let dct = process_dct(&input, &pipeline, &LIMITS, &|| Ok(()))
+                .expect("processes")
+                .expect("takes the DCT path");
+            let planar = crate::jpeg::process_planar(&input, &pipeline, &LIMITS, &|| Ok(()))
+                .expect("processes")
+                .expect("takes the planar path");
+            let decode =
+                |b: &[u8]| turbojpeg::decompress_image::<image::Rgb<u8>>(b).expect("decodes");
+            let (a, b) = (decode(&dct.bytes), decode(&planar.bytes));
+            let mse = a
+                .as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+                .sum::<f64>()
+                / a.as_raw().len() as f64;
+            let db = 10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10();
+            assert!(db >= 40.0, "{step}: the two paths are {db:.1} dB apart");
+        }
+        // A tiled mark covers everything: the planar path is cheaper, so this one declines.
+        let tiled = prepared(json!({"task": "watermark"}));
+        assert!(process_dct(&input, &tiled, &LIMITS, &|| Ok(()))
+            .expect("ok")
+            .is_none());
+    }
+}
