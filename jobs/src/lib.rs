@@ -17,6 +17,8 @@ pub mod signals;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod wake;
 
 pub use config::Settings;

@@ -147,6 +147,36 @@ impl Overlay {
         }
     }
 
+    /// Each copy of the mark as one plane sees it: the mark's cells in that plane (`component`
+    /// 0 is Y, 1 Cb, 2 Cr, subsampled by `factors`) and the plane cell of their top-left.
+    fn placed(
+        &self,
+        component: usize,
+        factors: (u8, u8),
+    ) -> impl Iterator<Item = (Arc<PlaneMark>, i64, i64)> + '_ {
+        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
+        self.positions.iter().map(move |&(x0, y0)| {
+            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
+            let key = (
+                sx as u8,
+                sy as u8,
+                ox as u8,
+                oy as u8,
+                component.min(2) as u8,
+            );
+            (self.ycc(key), x0.div_euclid(sx), y0.div_euclid(sy))
+        })
+    }
+
+    /// The real size of a plane subsampled by `factors`, in cells (rounded up).
+    fn plane_size(&self, factors: (u8, u8)) -> (i64, i64) {
+        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
+        (
+            (self.size.0 as i64 + sx - 1) / sx,
+            (self.size.1 as i64 + sy - 1) / sy,
+        )
+    }
+
     /// Blends onto one plane of a planar YCbCr image: `component` 0 is Y (full resolution),
     /// 1 is Cb and 2 is Cr, each subsampled by `factors` (horizontal, vertical; (1, 1) for Y).
     /// `plane` has rows of `stride` bytes and at least `rows` of them.
@@ -158,22 +188,9 @@ impl Overlay {
         component: usize,
         factors: (u8, u8),
     ) {
-        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
-        // The plane's real size: the image's, in cells (rounded up).
-        let pw = ((self.size.0 as i64 + sx - 1) / sx).min(stride as i64);
-        let ph = ((self.size.1 as i64 + sy - 1) / sy).min(rows as i64);
-        for &(x0, y0) in &self.positions {
-            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
-            let key = (
-                sx as u8,
-                sy as u8,
-                ox as u8,
-                oy as u8,
-                component.min(2) as u8,
-            );
-            let cells = self.ycc(key);
-            let (cx0, cy0) = (x0.div_euclid(sx), y0.div_euclid(sy));
-            let vw = cells.width as i64;
+        let (pw, ph) = self.plane_size(factors);
+        let (pw, ph) = (pw.min(stride as i64), ph.min(rows as i64));
+        for (cells, cx0, cy0) in self.placed(component, factors) {
             let (ys, ye) = (cy0.max(0), (cy0 + cells.height as i64).min(ph));
             for y in ys..ye {
                 let row = (y - cy0) as usize;
@@ -185,7 +202,7 @@ impl Overlay {
                     continue;
                 }
                 let n = (xe - xs) as usize;
-                let at = row * vw as usize + (xs - cx0) as usize;
+                let at = row * cells.width as usize + (xs - cx0) as usize;
                 let start = y as usize * stride + xs as usize;
                 blend_row(
                     &mut plane[start..start + n],
@@ -199,17 +216,7 @@ impl Overlay {
     /// Whether the marks paint any cell of the 8 × 8 block whose top-left cell is (`bx`, `by`)
     /// in one plane (see [`Self::blend_block`]).
     pub fn paints_block(&self, bx: u32, by: u32, component: usize, factors: (u8, u8)) -> bool {
-        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
-        self.positions.iter().any(|&(x0, y0)| {
-            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
-            let cells = self.ycc((
-                sx as u8,
-                sy as u8,
-                ox as u8,
-                oy as u8,
-                component.min(2) as u8,
-            ));
-            let (cx0, cy0) = (x0.div_euclid(sx), y0.div_euclid(sy));
+        self.placed(component, factors).any(|(cells, cx0, cy0)| {
             (0..8i64).any(|j| {
                 let my = by as i64 + j - cy0;
                 if my < 0 || my >= cells.height as i64 {
@@ -233,20 +240,9 @@ impl Overlay {
         component: usize,
         factors: (u8, u8),
     ) -> bool {
-        let (sx, sy) = (factors.0.max(1) as i64, factors.1.max(1) as i64);
-        let pw = (self.size.0 as i64 + sx - 1) / sx;
-        let ph = (self.size.1 as i64 + sy - 1) / sy;
+        let (pw, ph) = self.plane_size(factors);
         let mut changed = false;
-        for &(x0, y0) in &self.positions {
-            let (ox, oy) = (x0.rem_euclid(sx), y0.rem_euclid(sy));
-            let cells = self.ycc((
-                sx as u8,
-                sy as u8,
-                ox as u8,
-                oy as u8,
-                component.min(2) as u8,
-            ));
-            let (cx0, cy0) = (x0.div_euclid(sx), y0.div_euclid(sy));
+        for (cells, cx0, cy0) in self.placed(component, factors) {
             for j in 0..8i64 {
                 let (py, my) = (by as i64 + j, by as i64 + j - cy0);
                 if py >= ph || my < 0 || my >= cells.height as i64 {
