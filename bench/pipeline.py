@@ -94,10 +94,17 @@ def main():
                     planar.append(cpu / len(files))
                     rss_planar = max(rss_planar, rss)
             sizes = f"{out_size(out_theirs):,} / {out_size(out_ours):,}"
+            # Quality, untimed: each of our results against a full-precision render of its marks.
+            listing = subprocess.run(
+                [worker, "apply", "--psnr", "--pipeline", spec, "--out", out_ours] + files,
+                capture_output=True, text=True, check=True,
+            ).stdout
+            dbs = [float(v) for v in re.findall(r"psnr ([0-9.]+) dB", listing)]
+            quality = f"  PSNR min {min(dbs):.1f} dB" if dbs else ""
         a, b = statistics.median(theirs), statistics.median(ours)
         print(
             f"{label:<32} {a:>8.1f} {b:>8.1f} {a / b:>5.2f}x "
-            f"{rss_theirs:>8.0f} MiB {rss_ours:>5.0f} MiB  {sizes}",
+            f"{rss_theirs:>8.0f} MiB {rss_ours:>5.0f} MiB  {sizes}{quality}",
             flush=True,
         )
         if anchored:

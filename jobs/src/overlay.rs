@@ -356,6 +356,38 @@ impl PlaneMark {
     }
 }
 
+/// Blends `overlays` onto an RGB image held as floats (`width` × `height` × 3), in floating
+/// point and without rounding: the full-precision render that the quality figures compare with.
+pub fn blend_exact(rgb: &mut [f32], width: u32, height: u32, overlays: &[Arc<Overlay>]) {
+    let (w, h) = (width as i64, height as i64);
+    for overlay in overlays {
+        for &(x0, y0) in overlay.positions() {
+            for (mx, my, p) in overlay.mark().enumerate_pixels() {
+                let (x, y) = (x0 + mx as i64, y0 + my as i64);
+                if x < 0 || y < 0 || x >= w || y >= h {
+                    continue;
+                }
+                let a = p.0[3] as f32 / 255.0;
+                let at = (y * w + x) as usize * 3;
+                for c in 0..3 {
+                    rgb[at + c] = p.0[c] as f32 * a + rgb[at + c] * (1.0 - a);
+                }
+            }
+        }
+    }
+}
+
+/// Peak signal-to-noise ratio of `a` against `b` (8-bit scale), in dB.
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64;
+    10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
+}
+
 /// `dst = (pre + inv × dst) ÷ 255`, rounded, over one row.
 fn blend_row(dst: &mut [u8], pre: &[u16], inv: &[u16]) {
     let n = dst.len().min(pre.len()).min(inv.len());

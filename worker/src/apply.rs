@@ -50,6 +50,11 @@ pub struct ApplyCli {
     #[arg(long, default_value = "auto", value_parser = ["auto", "planar", "pixels"], hide = true)]
     pub path: String,
 
+    /// Also print each result's PSNR against a full-precision render of its marks (pipelines
+    /// of marks only; not timed work: for the benchmark's quality figures).
+    #[arg(long, hide = true)]
+    pub psnr: bool,
+
     /// Print nothing for files that succeed.
     #[arg(long, short)]
     pub quiet: bool,
@@ -118,13 +123,22 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
                 let line = std::fs::read(path)
                     .map_err(|e| format!("cannot read it: {e}"))
                     .and_then(|input| {
-                        process_until(&input, &prepared, &limits, None).map_err(|e| e.to_string())
+                        let out = process_until(&input, &prepared, &limits, None)
+                            .map_err(|e| e.to_string())?;
+                        Ok((input, out))
                     })
-                    .and_then(|out| {
+                    .and_then(|(input, out)| {
                         std::fs::write(&target, &out.bytes)
                             .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+                        let quality = if cli.psnr {
+                            psnr(&input, &out, &prepared, &limits)
+                                .map(|db| format!(", psnr {db:.1} dB"))
+                                .unwrap_or_default()
+                        } else {
+                            String::new()
+                        };
                         Ok(format!(
-                            "{} -> {} ({} × {}, {} bytes)",
+                            "{} -> {} ({} × {}, {} bytes{quality})",
                             path.display(),
                             target.display(),
                             out.width,
@@ -188,4 +202,27 @@ fn sniff(path: &std::path::Path) -> Option<Format> {
         .and_then(|mut f| f.read(&mut head))
         .ok()?;
     Format::sniff(&head[..n])
+}
+
+/// The PSNR of `out` against `input` decoded with the pipeline's marks blended in floating
+/// point; `None` when the pipeline is not only marks.
+fn psnr(
+    input: &[u8],
+    out: &jobs::pipeline::Output,
+    prepared: &jobs::pipeline::PreparedPipeline,
+    limits: &Limits,
+) -> Option<f64> {
+    let floats = |bytes: &[u8]| -> Option<(u32, u32, Vec<f32>)> {
+        let format = Format::sniff(bytes)?;
+        let img = jobs::pipeline::decode(bytes, format, limits)
+            .ok()?
+            .to_rgb8();
+        let (w, h) = img.dimensions();
+        Some((w, h, img.as_raw().iter().map(|&v| v as f32).collect()))
+    };
+    let (w, h, mut want) = floats(input)?;
+    let overlays = prepared.overlays(w, h).ok()??;
+    jobs::overlay::blend_exact(&mut want, w, h, &overlays);
+    let (ow, oh, got) = floats(&out.bytes)?;
+    ((ow, oh) == (w, h)).then(|| jobs::overlay::psnr(&got, &want))
 }
