@@ -7,12 +7,10 @@
 //! the mark is not. The entropy-coded data is still decoded and encoded again in full (copying
 //! the untouched MCU rows as they are is the next step).
 
-use std::sync::Arc;
-
 use image::metadata::Orientation;
 use turbojpeg::{libc, raw, Colorspace, Subsamp};
 
-use crate::overlay::{Overlay, Rect};
+use crate::overlay::{BlockPainter, Rect};
 use crate::pipeline::{exif_orientation, Format, Limits, Output, PreparedPipeline, ProcessError};
 
 /// The marks may cover at most this share of the image (in MCU-aligned area) for this path;
@@ -157,18 +155,17 @@ fn transform_block(x: &[f32; 64], m: &[[f32; 8]; 8]) -> [f32; 64] {
 }
 
 /// What the coefficient filter needs.
-struct Job<'a> {
+struct Job {
     components: Vec<Component>,
-    /// Per component: its subsampling factors against the image, and the rectangle of blocks
-    /// it may change.
-    regions: Vec<((u8, u8), Rect)>,
-    overlays: &'a [Arc<Overlay>],
+    /// Per component: the rectangle of blocks it may change, and the marks as its blocks see
+    /// them.
+    regions: Vec<(Rect, Vec<BlockPainter>)>,
 }
 
-impl Job<'_> {
+impl Job {
     /// Blends the marks into one row of blocks of component `ci` at block row `row`.
     fn filter_row(&self, blocks: &mut [i16], ci: usize, row: u32) {
-        let Some((factors, region)) = self.regions.get(ci) else {
+        let Some((region, painters)) = self.regions.get(ci) else {
             return;
         };
         if row < region.y0 || row >= region.y1 {
@@ -178,11 +175,7 @@ impl Job<'_> {
         let count = (blocks.len() / 64) as u32;
         for col in region.x0..region.x1.min(count) {
             let (x, y) = (col * 8, row * 8);
-            if !self
-                .overlays
-                .iter()
-                .any(|o| o.paints_block(x, y, ci.min(2), *factors))
-            {
+            if !painters.iter().any(|p| p.paints(x, y)) {
                 continue;
             }
             let block = &mut blocks[col as usize * 64..col as usize * 64 + 64];
@@ -195,8 +188,8 @@ impl Job<'_> {
                 *p += 128.0;
             }
             let mut changed = false;
-            for overlay in self.overlays {
-                changed |= overlay.blend_block(&mut pixels, x, y, ci.min(2), *factors);
+            for painter in painters {
+                changed |= painter.blend(&mut pixels, x, y);
             }
             if !changed {
                 continue;
@@ -287,7 +280,8 @@ pub(crate) fn process_dct(
     }
     let regions = components
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(ci, c)| {
             let factors = (
                 (hmax / c.sampling.0 as u32) as u8,
                 (vmax / c.sampling.1 as u32) as u8,
@@ -299,13 +293,16 @@ pub(crate) fn process_dct(
                 x1: rect.x1.div_ceil(bw),
                 y1: rect.y1.div_ceil(bh),
             };
-            (factors, blocks)
+            let painters = overlays
+                .iter()
+                .map(|o| o.block_painter(ci.min(2), factors))
+                .collect();
+            (blocks, painters)
         })
         .collect();
     let job = Job {
         components,
         regions,
-        overlays: &overlays,
     };
     check()?;
     let bytes = transform(input, &mut |blocks, ci, row| {

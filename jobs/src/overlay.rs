@@ -213,59 +213,13 @@ impl Overlay {
         }
     }
 
-    /// Whether the marks paint any cell of the 8 × 8 block whose top-left cell is (`bx`, `by`)
-    /// in one plane (see [`Self::blend_block`]).
-    pub fn paints_block(&self, bx: u32, by: u32, component: usize, factors: (u8, u8)) -> bool {
-        self.placed(component, factors).any(|(cells, cx0, cy0)| {
-            (0..8i64).any(|j| {
-                let my = by as i64 + j - cy0;
-                if my < 0 || my >= cells.height as i64 {
-                    return false;
-                }
-                let (first, end) = cells.spans[my as usize];
-                let (mx0, mx1) = (bx as i64 - cx0, bx as i64 + 8 - cx0);
-                (first as i64) < mx1 && (end as i64) > mx0 && first < end
-            })
-        })
-    }
-
-    /// Blends onto one 8 × 8 block (row-major, unrounded pixel values) of one plane, as
-    /// [`Self::blend_plane`] does; the block's top-left cell is (`bx`, `by`) in the plane. True
-    /// when the marks paint any of its cells.
-    pub fn blend_block(
-        &self,
-        block: &mut [f32; 64],
-        bx: u32,
-        by: u32,
-        component: usize,
-        factors: (u8, u8),
-    ) -> bool {
-        let (pw, ph) = self.plane_size(factors);
-        let mut changed = false;
-        for (cells, cx0, cy0) in self.placed(component, factors) {
-            for j in 0..8i64 {
-                let (py, my) = (by as i64 + j, by as i64 + j - cy0);
-                if py >= ph || my < 0 || my >= cells.height as i64 {
-                    continue;
-                }
-                let (first, end) = cells.spans[my as usize];
-                for i in 0..8i64 {
-                    let (px, mx) = (bx as i64 + i, bx as i64 + i - cx0);
-                    if px >= pw || mx < first as i64 || mx >= end as i64 {
-                        continue;
-                    }
-                    let at = my as usize * cells.width as usize + mx as usize;
-                    let inv = cells.inv[at];
-                    if inv == 255 {
-                        continue;
-                    }
-                    let v = &mut block[(j * 8 + i) as usize];
-                    *v = (cells.pre[at] as f32 + inv as f32 * *v) / 255.0;
-                    changed = true;
-                }
-            }
+    /// The overlay as the blocks of one plane see it (`component` 0 is Y, 1 Cb, 2 Cr,
+    /// subsampled by `factors`): for blending 8 × 8 blocks in the DCT domain.
+    pub fn block_painter(&self, component: usize, factors: (u8, u8)) -> BlockPainter {
+        BlockPainter {
+            placed: self.placed(component, factors).collect(),
+            plane: self.plane_size(factors),
         }
-        changed
     }
 
     /// The mark's pixels in YCbCr (with alpha), made once.
@@ -297,7 +251,7 @@ impl Overlay {
 /// cell's size in pixels and pixels outside the mark count as transparent. A blend is then
 /// `out = (pre + inv × in) ÷ 255`: exact for Y (cells of one pixel), and for subsampled chroma
 /// the average of the per-pixel blends.
-struct PlaneMark {
+pub struct PlaneMark {
     width: u32,
     height: u32,
     pre: Vec<u16>,
@@ -353,6 +307,62 @@ impl PlaneMark {
             inv,
             spans,
         }
+    }
+}
+
+/// One overlay's copies of the mark in one plane, looked up once, for block after block.
+pub struct BlockPainter {
+    placed: Vec<(Arc<PlaneMark>, i64, i64)>,
+    /// The plane's real size in cells.
+    plane: (i64, i64),
+}
+
+impl BlockPainter {
+    /// Whether the marks paint any cell of the 8 × 8 block whose top-left cell is (`bx`, `by`).
+    pub fn paints(&self, bx: u32, by: u32) -> bool {
+        self.placed.iter().any(|(cells, cx0, cy0)| {
+            (0..8i64).any(|j| {
+                let my = by as i64 + j - cy0;
+                if my < 0 || my >= cells.height as i64 {
+                    return false;
+                }
+                let (first, end) = cells.spans[my as usize];
+                let (mx0, mx1) = (bx as i64 - cx0, bx as i64 + 8 - cx0);
+                (first as i64) < mx1 && (end as i64) > mx0 && first < end
+            })
+        })
+    }
+
+    /// Blends onto the 8 × 8 block (row-major, unrounded pixel values) whose top-left cell is
+    /// (`bx`, `by`), as [`Overlay::blend_plane`] does. True when the marks paint any of its
+    /// cells.
+    pub fn blend(&self, block: &mut [f32; 64], bx: u32, by: u32) -> bool {
+        let (pw, ph) = self.plane;
+        let mut changed = false;
+        for (cells, cx0, cy0) in &self.placed {
+            for j in 0..8i64 {
+                let (py, my) = (by as i64 + j, by as i64 + j - cy0);
+                if py >= ph || my < 0 || my >= cells.height as i64 {
+                    continue;
+                }
+                let (first, end) = cells.spans[my as usize];
+                for i in 0..8i64 {
+                    let (px, mx) = (bx as i64 + i, bx as i64 + i - cx0);
+                    if px >= pw || mx < first as i64 || mx >= end as i64 {
+                        continue;
+                    }
+                    let at = my as usize * cells.width as usize + mx as usize;
+                    let inv = cells.inv[at];
+                    if inv == 255 {
+                        continue;
+                    }
+                    let v = &mut block[(j * 8 + i) as usize];
+                    *v = (cells.pre[at] as f32 + inv as f32 * *v) / 255.0;
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 }
 
