@@ -329,8 +329,8 @@ fn child(args: &[String]) -> Result<(), String> {
         if faults {
             inject_faults(&input);
         }
-        let key = header["key"].as_str().unwrap_or_default();
-        let answer = match prepared.get(key, &header["pipeline"], &logo).as_ref() {
+        let batch = header["key"].as_str().unwrap_or_default();
+        let answer = match prepared.get(batch, &header["pipeline"], &logo).as_ref() {
             Err(reason) => Err(reason.clone()),
             Ok(pipeline) => process_until(&input, pipeline, &limits, Some(started + timeout))
                 .map_err(|e| e.to_string()),
@@ -353,25 +353,33 @@ fn child(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The prepared pipelines of the last few batches a child has seen, by batch.
+/// The prepared pipelines of the last few batches a child has seen.
 #[derive(Default)]
 struct PreparedCache(Vec<(String, Arc<Result<PreparedPipeline, String>>)>);
 
 impl PreparedCache {
+    /// The prepared pipeline of batch `batch`. Batches with the same pipeline and no logo of
+    /// their own (the default watermark, say) share one: what is prepared depends only on the
+    /// pipeline and the logo.
     fn get(
         &mut self,
-        key: &str,
+        batch: &str,
         pipeline: &Value,
         logo: &[u8],
     ) -> Arc<Result<PreparedPipeline, String>> {
-        if let Some((_, p)) = self.0.iter().find(|(k, _)| k == key) {
+        let key = if logo.is_empty() {
+            pipeline.to_string()
+        } else {
+            format!("{batch} {pipeline}")
+        };
+        if let Some((_, p)) = self.0.iter().find(|(k, _)| *k == key) {
             return p.clone();
         }
         let prepared = Arc::new(prepare(pipeline, logo));
         if self.0.len() >= PREPARED_KEPT {
             self.0.remove(0);
         }
-        self.0.push((key.to_owned(), prepared.clone()));
+        self.0.push((key, prepared.clone()));
         prepared
     }
 }
