@@ -408,7 +408,8 @@ fn rotate_expanded(mark: &RgbaImage, degrees: f64) -> RgbaImage {
     let side_w = out_w.max(mark.width());
     let side_h = out_h.max(mark.height());
     let mut canvas = RgbaImage::new(side_w, side_h);
-    image::imageops::overlay(
+    // A copy, not a blend: the canvas is transparent.
+    image::imageops::replace(
         &mut canvas,
         mark,
         ((side_w - mark.width()) / 2) as i64,
