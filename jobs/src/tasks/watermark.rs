@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ab_glyph::{FontRef, PxScale};
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, Luma, Rgba, RgbaImage};
-use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
 
 use super::{
     parse_color, Assets, ImageTask, Overlay, ParamKind, ParamSpec, Params, Prepared, TaskError,
@@ -398,29 +397,68 @@ fn dilate(src: &GrayImage, r: u32) -> GrayImage {
     pass(&pass(src, true), false)
 }
 
-/// Rotates counter-clockwise by `degrees` on a canvas large enough to keep every corner.
+/// Rotates counter-clockwise by `degrees` on a canvas large enough to keep every corner:
+/// bilinear, on alpha-premultiplied values (no dark fringe where the mark meets transparency).
 fn rotate_expanded(mark: &RgbaImage, degrees: f64) -> RgbaImage {
     let (w, h) = (mark.width() as f64, mark.height() as f64);
     let rad = degrees.to_radians();
     let (s, c) = (rad.sin().abs(), rad.cos().abs());
-    let out_w = (w * c + h * s).ceil() as u32 + 2;
-    let out_h = (w * s + h * c).ceil() as u32 + 2;
-    let side_w = out_w.max(mark.width());
-    let side_h = out_h.max(mark.height());
-    let mut canvas = RgbaImage::new(side_w, side_h);
-    // A copy, not a blend: the canvas is transparent.
-    image::imageops::replace(
-        &mut canvas,
-        mark,
-        ((side_w - mark.width()) / 2) as i64,
-        ((side_h - mark.height()) / 2) as i64,
+    let out_w = ((w * c + h * s).ceil() as u32 + 2).max(mark.width());
+    let out_h = ((w * s + h * c).ceil() as u32 + 2).max(mark.height());
+    // The mark sits in the middle of the canvas, which turns about its centre.
+    let (ox, oy) = (
+        ((out_w - mark.width()) / 2) as f32,
+        ((out_h - mark.height()) / 2) as f32,
     );
-    rotate_about_center(
-        &canvas,
-        -rad as f32,
-        Interpolation::Bilinear,
-        Border::Constant(Rgba([0, 0, 0, 0])),
-    )
+    let (cx, cy) = (out_w as f32 / 2.0, out_h as f32 / 2.0);
+    let (sin, cos) = (rad.sin() as f32, rad.cos() as f32);
+    let (mw, mh) = (mark.width() as i64, mark.height() as i64);
+    let src = mark.as_raw();
+    let tap = |x: i64, y: i64| -> [f32; 4] {
+        if x < 0 || y < 0 || x >= mw || y >= mh {
+            return [0.0; 4];
+        }
+        let at = (y * mw + x) as usize * 4;
+        let a = src[at + 3] as f32;
+        [src[at] as f32 * a, src[at + 1] as f32 * a, src[at + 2] as f32 * a, a]
+    };
+    let mut out = RgbaImage::new(out_w, out_h);
+    for (x, y, px) in out.enumerate_pixels_mut() {
+        let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+        // The pre-image of this pixel, in the mark's own coordinates.
+        let sx = cx + cos * dx - sin * dy - ox;
+        let sy = cy + sin * dx + cos * dy - oy;
+        if sx <= -1.0 || sy <= -1.0 || sx >= mw as f32 || sy >= mh as f32 {
+            continue;
+        }
+        let (left, top) = (sx.floor() as i64, sy.floor() as i64);
+        let (fx, fy) = (sx - left as f32, sy - top as f32);
+        let mut acc = [0f32; 4];
+        for (tx, ty, weight) in [
+            (left, top, (1.0 - fx) * (1.0 - fy)),
+            (left + 1, top, fx * (1.0 - fy)),
+            (left, top + 1, (1.0 - fx) * fy),
+            (left + 1, top + 1, fx * fy),
+        ] {
+            if weight > 0.0 {
+                let v = tap(tx, ty);
+                for k in 0..4 {
+                    acc[k] += v[k] * weight;
+                }
+            }
+        }
+        if acc[3] >= 0.5 {
+            let a = acc[3];
+            let channel = |v: f32| (v / a).round().clamp(0.0, 255.0) as u8;
+            *px = Rgba([
+                channel(acc[0]),
+                channel(acc[1]),
+                channel(acc[2]),
+                a.round().min(255.0) as u8,
+            ]);
+        }
+    }
+    out
 }
 
 /// Runs `f` on the image's pixels as 8-bit RGB or RGBA (with the channel count), keeping the
@@ -548,6 +586,47 @@ mod tests {
                 "{text:?} tiled: {}×{}",
                 mark.width(),
                 mark.height()
+            );
+        }
+    }
+
+    #[test]
+    fn the_mark_turns_as_imageproc_turns_it() {
+        use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
+        // An asymmetric mark: an opaque bar along the top, and a block near the left.
+        let mark = RgbaImage::from_fn(120, 40, |x, y| {
+            if y < 8 || (x < 20 && y < 30) {
+                Rgba([200, 40, 40, 255])
+            } else {
+                Rgba([0, 0, 0, 0])
+            }
+        });
+        for degrees in [30.0, -45.0, 90.0] {
+            let ours = rotate_expanded(&mark, degrees);
+            // The same canvas, turned by imageproc (clockwise by the negated angle).
+            let mut canvas = RgbaImage::new(ours.width(), ours.height());
+            image::imageops::replace(
+                &mut canvas,
+                &mark,
+                ((ours.width() - 120) / 2) as i64,
+                ((ours.height() - 40) / 2) as i64,
+            );
+            let theirs = rotate_about_center(
+                &canvas,
+                -(degrees as f32).to_radians(),
+                Interpolation::Bilinear,
+                Border::Constant(Rgba([0, 0, 0, 0])),
+            );
+            let differ = ours
+                .pixels()
+                .zip(theirs.pixels())
+                .filter(|(a, b)| a.0[3].abs_diff(b.0[3]) > 64)
+                .count();
+            let painted = theirs.pixels().filter(|p| p.0[3] > 128).count();
+            assert!(painted > 1200, "{degrees}: {painted}");
+            assert!(
+                differ * 20 < painted,
+                "{degrees}°: {differ} of {painted} pixels disagree"
             );
         }
     }
