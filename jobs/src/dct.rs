@@ -8,10 +8,11 @@
 //! the untouched MCU rows as they are is the next step).
 
 use image::metadata::Orientation;
-use turbojpeg::{libc, raw, Colorspace, Subsamp};
+use turbojpeg::{libc, raw};
 
+use crate::jpeg::JpegInfo;
 use crate::overlay::{BlockPainter, Rect};
-use crate::pipeline::{exif_orientation, Format, Limits, Output, PreparedPipeline, ProcessError};
+use crate::pipeline::{Format, Output, PreparedPipeline, ProcessError};
 
 /// The marks may cover at most this share of the image (in MCU-aligned area) for this path;
 /// beyond it, blending the decoded planes costs less.
@@ -238,18 +239,12 @@ unsafe extern "C" fn trampoline(
 /// part of it; `Ok(None)` otherwise (the caller takes another path).
 pub(crate) fn process_dct(
     input: &[u8],
+    info: &JpegInfo,
     pipeline: &PreparedPipeline,
-    limits: &Limits,
     check: &dyn Fn() -> Result<(), ProcessError>,
 ) -> Result<Option<Output>, ProcessError> {
-    let header = turbojpeg::read_header(input).map_err(|e| ProcessError::Corrupt(e.to_string()))?;
-    crate::pipeline::check_size(header.width as u64, header.height as u64, limits)?;
-    if !matches!(header.colorspace, Colorspace::YCbCr | Colorspace::Gray)
-        || header.subsamp == Subsamp::Unknown
-        || header.is_lossless
-        || header.is_arithmetic
-        || exif_orientation(input).is_some_and(|o| o != Orientation::NoTransforms)
-    {
+    let header = &info.header;
+    if !info.plain() || header.is_arithmetic || info.orientation != Orientation::NoTransforms {
         return Ok(None);
     }
     let (w, h) = (header.width as u32, header.height as u32);
@@ -394,6 +389,11 @@ mod tests {
     use super::*;
     use crate::testing::{floats, prepared, psnr, reference, rgb, LIMITS};
     use image::RgbImage;
+    use turbojpeg::Subsamp;
+
+    fn info(input: &[u8]) -> JpegInfo {
+        JpegInfo::read(input, &LIMITS).expect("a JPEG")
+    }
     use serde_json::json;
 
     fn photo(w: u32, h: u32) -> RgbImage {
@@ -435,7 +435,7 @@ mod tests {
                 .to_vec();
             let pipeline =
                 prepared(json!({"task": "watermark", "position": "bottom-right", "opacity": 0.8}));
-            let out = process_dct(&input, &pipeline, &LIMITS, &|| Ok(()))
+            let out = process_dct(&input, &info(&input), &pipeline, &|| Ok(()))
                 .expect("processes")
                 .expect("takes the DCT path");
             // The rectangle of whole MCUs under the mark, in pixels.
@@ -489,12 +489,13 @@ mod tests {
             json!({"task": "watermark", "position": "top-left", "text": "© Test", "color": "#20ff20"}),
         ] {
             let pipeline = prepared(step.clone());
-            let dct = process_dct(&input, &pipeline, &LIMITS, &|| Ok(()))
+            let dct = process_dct(&input, &info(&input), &pipeline, &|| Ok(()))
                 .expect("processes")
                 .expect("takes the DCT path");
-            let planar = crate::jpeg::process_planar(&input, &pipeline, &LIMITS, &|| Ok(()))
-                .expect("processes")
-                .expect("takes the planar path");
+            let planar =
+                crate::jpeg::process_planar(&input, &info(&input), &pipeline, &LIMITS, &|| Ok(()))
+                    .expect("processes")
+                    .expect("takes the planar path");
             let want = reference(&input, &pipeline);
             let (dct_db, planar_db) = (
                 psnr(&floats(&rgb(&dct.bytes)), &want),
@@ -510,7 +511,7 @@ mod tests {
         }
         // A tiled mark covers everything: the planar path is cheaper, so this one declines.
         let tiled = prepared(json!({"task": "watermark"}));
-        assert!(process_dct(&input, &tiled, &LIMITS, &|| Ok(()))
+        assert!(process_dct(&input, &info(&input), &tiled, &|| Ok(()))
             .expect("ok")
             .is_none());
     }

@@ -49,23 +49,45 @@ fn with_compressor<T>(
     })
 }
 
+/// What the fast paths need to know of a JPEG before they choose: its header (its size already
+/// checked against the limits) and its EXIF orientation. Read once per image.
+pub(crate) struct JpegInfo {
+    pub header: turbojpeg::DecompressHeader,
+    pub orientation: Orientation,
+}
+
+impl JpegInfo {
+    pub(crate) fn read(input: &[u8], limits: &Limits) -> Result<Self, ProcessError> {
+        let header = with_decompressor(|d| d.read_header(input).map_err(corrupt))?;
+        check_size(header.width as u64, header.height as u64, limits)?;
+        Ok(Self {
+            header,
+            orientation: exif_orientation(input).unwrap_or(Orientation::NoTransforms),
+        })
+    }
+
+    /// Whether the fast paths can take it at all: YCbCr or grey, a subsampling TurboJPEG knows,
+    /// not lossless.
+    pub(crate) fn plain(&self) -> bool {
+        matches!(self.header.colorspace, Colorspace::YCbCr | Colorspace::Gray)
+            && self.header.subsamp != Subsamp::Unknown
+            && !self.header.is_lossless
+    }
+}
+
 /// Processes `input` in YCbCr when the pipeline and the file allow it; `Ok(None)` when they do
 /// not (the caller then takes the general path). `check` is the deadline check.
 pub(crate) fn process_planar(
     input: &[u8],
+    info: &JpegInfo,
     pipeline: &PreparedPipeline,
     limits: &Limits,
     check: &dyn Fn() -> Result<(), ProcessError>,
 ) -> Result<Option<Output>, ProcessError> {
-    let header = with_decompressor(|d| d.read_header(input).map_err(corrupt))?;
-    check_size(header.width as u64, header.height as u64, limits)?;
-    let plain = matches!(header.colorspace, Colorspace::YCbCr | Colorspace::Gray)
-        && header.subsamp != Subsamp::Unknown
-        && !header.is_lossless;
-    if !plain {
+    let (header, orientation) = (&info.header, info.orientation);
+    if !info.plain() {
         return Ok(None);
     }
-    let orientation = exif_orientation(input).unwrap_or(Orientation::NoTransforms);
     let (sx, sy) = factors(header.subsamp);
     if orientation != Orientation::NoTransforms
         && (header.width % sx != 0 || header.height % sy != 0)
@@ -221,8 +243,12 @@ fn orient_plane(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, o: 
 mod tests {
     use super::*;
     use crate::pipeline::process_pixels;
-    use crate::testing::{floats, prepared, psnr, reference, rgb, LIMITS};
+    use crate::testing::{floats, prepared, psnr, reference, rgb, with_orientation, LIMITS};
     use image::RgbImage;
+
+    fn info(input: &[u8]) -> JpegInfo {
+        JpegInfo::read(input, &LIMITS).expect("a JPEG")
+    }
     use serde_json::json;
 
     /// A photo-like picture: smooth gradients, some texture and a little noise.
@@ -264,9 +290,10 @@ mod tests {
                 let input = jpeg(&img, subsamp);
                 for step in &steps {
                     let pipeline = prepared(step.clone());
-                    let fast = process_planar(&input, &pipeline, &LIMITS, &|| Ok(()))
-                        .expect("processes")
-                        .expect("takes the planar path");
+                    let fast =
+                        process_planar(&input, &info(&input), &pipeline, &LIMITS, &|| Ok(()))
+                            .expect("processes")
+                            .expect("takes the planar path");
                     let slow = process_pixels(&input, Format::Jpeg, &pipeline, &LIMITS, &|| Ok(()))
                         .expect("processes");
                     assert_eq!((fast.width, fast.height), (w, h));
@@ -294,25 +321,6 @@ mod tests {
         }
     }
 
-    /// `plain` with an EXIF orientation tag.
-    fn with_orientation(plain: &[u8], orientation: u16) -> Vec<u8> {
-        let tiff: Vec<u8> = [
-            &b"Exif\0\0MM\0\x2a\0\0\0\x08"[..],
-            &[0, 1],
-            &[0x01, 0x12, 0, 3, 0, 0, 0, 1],
-            &orientation.to_be_bytes(),
-            &[0, 0],
-            &[0, 0, 0, 0],
-        ]
-        .concat();
-        let mut tagged = plain[..2].to_vec();
-        tagged.extend([0xff, 0xe1]);
-        tagged.extend(((tiff.len() + 2) as u16).to_be_bytes());
-        tagged.extend(&tiff);
-        tagged.extend(&plain[2..]);
-        tagged
-    }
-
     #[test]
     fn exif_orientation_is_applied_on_the_planar_path() {
         let pipeline =
@@ -321,7 +329,7 @@ mod tests {
             let plain = jpeg(&photo(320, 240), subsamp);
             for orientation in 1..=8u16 {
                 let input = with_orientation(&plain, orientation);
-                let fast = process_planar(&input, &pipeline, &LIMITS, &|| Ok(()))
+                let fast = process_planar(&input, &info(&input), &pipeline, &LIMITS, &|| Ok(()))
                     .expect("processes")
                     .expect("takes the planar path");
                 let slow = process_pixels(&input, Format::Jpeg, &pipeline, &LIMITS, &|| Ok(()))
@@ -340,9 +348,11 @@ mod tests {
         }
         // An odd size cannot be turned without moving chroma: the general path takes it.
         let odd = with_orientation(&jpeg(&photo(321, 240), Subsamp::Sub2x2), 6);
-        assert!(process_planar(&odd, &pipeline, &LIMITS, &|| Ok(()))
-            .expect("ok")
-            .is_none());
+        assert!(
+            process_planar(&odd, &info(&odd), &pipeline, &LIMITS, &|| Ok(()))
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]

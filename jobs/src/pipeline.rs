@@ -9,7 +9,7 @@ use std::time::Instant;
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader};
 
-use crate::tasks::{Assets, Overlay, Pipeline, Prepared};
+use crate::tasks::{Assets, Overlay, Pipeline, Prepared, TaskError};
 
 /// Limits and settings of the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +173,13 @@ pub enum ProcessError {
     TimedOut,
 }
 
+impl ProcessError {
+    /// Step `task` could not be prepared or applied.
+    fn task(task: &'static str, e: TaskError) -> Self {
+        Self::Task { task, message: e.0 }
+    }
+}
+
 /// A processed image.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -208,10 +215,7 @@ impl PreparedPipeline {
                 step.task
                     .prepare(&step.params, assets)
                     .map(|prepared| (name, prepared))
-                    .map_err(|e| ProcessError::Task {
-                        task: name,
-                        message: e.0,
-                    })
+                    .map_err(|e| ProcessError::task(name, e))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { steps })
@@ -229,12 +233,7 @@ impl PreparedPipeline {
             match step.overlay(width, height) {
                 None => return Ok(None),
                 Some(Ok(overlay)) => out.push(overlay),
-                Some(Err(e)) => {
-                    return Err(ProcessError::Task {
-                        task: name,
-                        message: e.0,
-                    })
-                }
+                Some(Err(e)) => return Err(ProcessError::task(name, e)),
             }
         }
         Ok(Some(out))
@@ -263,13 +262,14 @@ pub fn process_until(
         _ => Ok(()),
     };
     let format = Format::sniff(input).ok_or(ProcessError::Unsupported)?;
-    if format == Format::Jpeg && limits.jpeg_path == JpegPath::Auto {
-        if let Some(out) = crate::dct::process_dct(input, pipeline, limits, &check)? {
-            return Ok(out);
-        }
-    }
     if format == Format::Jpeg && limits.jpeg_path != JpegPath::Pixels {
-        if let Some(out) = crate::jpeg::process_planar(input, pipeline, limits, &check)? {
+        let info = crate::jpeg::JpegInfo::read(input, limits)?;
+        if limits.jpeg_path == JpegPath::Auto {
+            if let Some(out) = crate::dct::process_dct(input, &info, pipeline, &check)? {
+                return Ok(out);
+            }
+        }
+        if let Some(out) = crate::jpeg::process_planar(input, &info, pipeline, limits, &check)? {
             return Ok(out);
         }
     }
@@ -287,10 +287,7 @@ pub fn process_pixels(
     let mut image = decode(input, format, limits)?;
     check()?;
     for (name, step) in &pipeline.steps {
-        image = step.apply(image).map_err(|e| ProcessError::Task {
-            task: name,
-            message: e.0,
-        })?;
+        image = step.apply(image).map_err(|e| ProcessError::task(name, e))?;
         let (w, h) = (image.width() as u64, image.height() as u64);
         if w * h > limits.max_pixels {
             return Err(ProcessError::Task {
@@ -602,19 +599,7 @@ mod tests {
     #[test]
     fn exif_orientation_is_applied() {
         // A 40 × 20 JPEG tagged "rotate 90° clockwise" (orientation 6) becomes 20 × 40.
-        let plain = jpeg(40, 20);
-        let tiff: Vec<u8> = [
-            &b"Exif\0\0MM\0\x2a\0\0\0\x08"[..],
-            &[0, 1],                                     // one entry
-            &[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0], // Orientation, SHORT, 1, value 6
-            &[0, 0, 0, 0],                               // no next IFD
-        ]
-        .concat();
-        let mut tagged = plain[..2].to_vec(); // SOI
-        tagged.extend([0xff, 0xe1]);
-        tagged.extend(((tiff.len() + 2) as u16).to_be_bytes());
-        tagged.extend(&tiff);
-        tagged.extend(&plain[2..]);
+        let tagged = crate::testing::with_orientation(&jpeg(40, 20), 6);
         let img = decode(&tagged, Format::Jpeg, &LIMITS).expect("decodes");
         assert_eq!((img.width(), img.height()), (20, 40));
     }
