@@ -13,6 +13,7 @@ pub mod names;
 pub mod overlay;
 pub mod pipeline;
 pub mod queue;
+pub mod recent;
 pub mod signals;
 pub mod storage;
 pub mod tasks;

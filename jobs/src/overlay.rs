@@ -79,10 +79,6 @@ impl Overlay {
         &self.positions
     }
 
-    pub fn size(&self) -> (u32, u32) {
-        self.size
-    }
-
     /// The smallest rectangle holding every pixel the overlay may change, or `None` when it
     /// changes none.
     pub fn bounds(&self) -> Option<Rect> {
@@ -412,7 +408,7 @@ fn blend_row(dst: &mut [u8], pre: &[u16], inv: &[u16]) {
 }
 
 /// JPEG's (JFIF, full-range BT.601) RGB → YCbCr.
-pub fn ycbcr(r: u8, g: u8, b: u8) -> (f32, f32, f32) {
+fn ycbcr(r: u8, g: u8, b: u8) -> (f32, f32, f32) {
     let (r, g, b) = (r as f32, g as f32, b as f32);
     (
         0.299 * r + 0.587 * g + 0.114 * b,

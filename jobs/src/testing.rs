@@ -37,3 +37,23 @@ pub fn reference(input: &[u8], pipeline: &PreparedPipeline) -> Vec<f32> {
     crate::overlay::blend_exact(&mut out, w, h, &overlays);
     out
 }
+
+/// `jpeg` with an EXIF block (APP1) right after its SOI marker, holding one tag: `orientation`
+/// (6 is "rotate 90° clockwise to view").
+pub fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let tiff: Vec<u8> = [
+        &b"Exif\0\0MM\0\x2a\0\0\0\x08"[..],
+        &[0, 1],                         // one entry
+        &[0x01, 0x12, 0, 3, 0, 0, 0, 1], // Orientation, SHORT, count 1
+        &orientation.to_be_bytes(),      // its value
+        &[0, 0],                         // padding of the value field
+        &[0, 0, 0, 0],                   // no next IFD
+    ]
+    .concat();
+    let mut tagged = jpeg[..2].to_vec(); // SOI
+    tagged.extend([0xff, 0xe1]);
+    tagged.extend(((tiff.len() + 2) as u16).to_be_bytes());
+    tagged.extend(&tiff);
+    tagged.extend(&jpeg[2..]);
+    tagged
+}

@@ -10,6 +10,7 @@ use jobs::domain::keys;
 use jobs::names::unique_entry_names;
 use jobs::pipeline::Format;
 use jobs::queue::{BuildArchive, ProcessImage, Queues, PAYLOAD_VERSION};
+use jobs::recent::Recent;
 use jobs::storage::Storage;
 
 use crate::isolate::{Outcome, Pool, Request};
@@ -59,8 +60,13 @@ const ARCHIVE_FETCHES: usize = 8;
 const LOGOS_KEPT: usize = 8;
 
 /// The uploaded logos of the last few batches, fetched from storage once each.
-#[derive(Default)]
-pub struct LogoCache(tokio::sync::Mutex<Vec<(jobs::BatchId, bytes::Bytes)>>);
+pub struct LogoCache(tokio::sync::Mutex<Recent<jobs::BatchId, bytes::Bytes>>);
+
+impl Default for LogoCache {
+    fn default() -> Self {
+        Self(tokio::sync::Mutex::new(Recent::new(LOGOS_KEPT)))
+    }
+}
 
 impl LogoCache {
     async fn get(
@@ -68,15 +74,11 @@ impl LogoCache {
         storage: &Storage,
         batch: jobs::BatchId,
     ) -> Result<bytes::Bytes, jobs::storage::StorageError> {
-        if let Some((_, logo)) = self.0.lock().await.iter().find(|(b, _)| *b == batch) {
-            return Ok(logo.clone());
+        if let Some(logo) = self.0.lock().await.get(&batch) {
+            return Ok(logo);
         }
         let logo = storage.get(&keys::logo(batch)).await?;
-        let mut kept = self.0.lock().await;
-        if kept.len() >= LOGOS_KEPT {
-            kept.remove(0);
-        }
-        kept.push((batch, logo.clone()));
+        self.0.lock().await.put(batch, logo.clone());
         Ok(logo)
     }
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobs::pipeline::{process_until, Format, Limits, Output, PreparedPipeline};
+use jobs::recent::Recent;
 use jobs::tasks::{Assets, Pipeline};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -307,7 +308,7 @@ fn child(args: &[String]) -> Result<(), String> {
     let faults = std::env::var_os(FAULTS_ENV).is_some();
     let mut stdin = BufReader::new(std::io::stdin().lock());
     let mut stdout = BufWriter::new(std::io::stdout().lock());
-    let mut prepared = PreparedCache::default();
+    let mut prepared = PreparedCache(Recent::new(PREPARED_KEPT));
     loop {
         let mut len = [0u8; 4];
         match stdin.read_exact(&mut len) {
@@ -353,9 +354,8 @@ fn child(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The prepared pipelines of the last few batches a child has seen.
-#[derive(Default)]
-struct PreparedCache(Vec<(String, Arc<Result<PreparedPipeline, String>>)>);
+/// The pipelines a child prepared last.
+struct PreparedCache(Recent<String, Arc<Result<PreparedPipeline, String>>>);
 
 impl PreparedCache {
     /// The prepared pipeline of batch `batch`. Batches with the same pipeline and no logo of
@@ -372,14 +372,11 @@ impl PreparedCache {
         } else {
             format!("{batch} {pipeline}")
         };
-        if let Some((_, p)) = self.0.iter().find(|(k, _)| *k == key) {
-            return p.clone();
+        if let Some(prepared) = self.0.get(&key) {
+            return prepared;
         }
         let prepared = Arc::new(prepare(pipeline, logo));
-        if self.0.len() >= PREPARED_KEPT {
-            self.0.remove(0);
-        }
-        self.0.push((key, prepared.clone()));
+        self.0.put(key, prepared.clone());
         prepared
     }
 }

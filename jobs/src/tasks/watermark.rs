@@ -9,6 +9,8 @@ use ab_glyph::{FontRef, PxScale};
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, Luma, Rgba, RgbaImage};
 
+use crate::recent::Recent;
+
 use super::{
     parse_color, Assets, ImageTask, Overlay, ParamKind, ParamSpec, Params, Prepared, TaskError,
 };
@@ -128,7 +130,7 @@ impl ImageTask for Watermark {
     fn prepare(&self, params: &Params, assets: &Assets) -> Result<Box<dyn Prepared>, TaskError> {
         Ok(Box::new(PreparedMark {
             settings: Settings::new(params, assets)?,
-            overlays: Mutex::default(),
+            overlays: Mutex::new(Recent::new(SIZES_KEPT)),
         }))
     }
 }
@@ -140,28 +142,22 @@ const SIZES_KEPT: usize = 8;
 /// image size met so far (most batches have one or two sizes).
 struct PreparedMark {
     settings: Settings,
-    overlays: Mutex<Vec<SizedMark>>,
+    /// The mark sized for each image size (width, height).
+    overlays: Mutex<Recent<(u32, u32), Arc<Overlay>>>,
 }
-
-/// A mark sized for images of one size (width, height).
-type SizedMark = ((u32, u32), Arc<Overlay>);
 
 impl PreparedMark {
     fn overlay_for(&self, w: u32, h: u32) -> Result<Arc<Overlay>, TaskError> {
         let lock = || self.overlays.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, o)) = lock().iter().find(|(size, _)| *size == (w, h)) {
-            return Ok(o.clone());
+        if let Some(overlay) = lock().get(&(w, h)) {
+            return Ok(overlay);
         }
         let mark = self.settings.mark(w, h)?;
         let mut positions = Vec::new();
         self.settings
             .place(&mark, w, h, |x, y| positions.push((x, y)));
         let overlay = Arc::new(Overlay::new(mark, positions, (w, h)));
-        let mut kept = lock();
-        if kept.len() >= SIZES_KEPT {
-            kept.remove(0);
-        }
-        kept.push(((w, h), overlay.clone()));
+        lock().put((w, h), overlay.clone());
         Ok(overlay)
     }
 }
