@@ -88,24 +88,114 @@ pub struct NewImage {
     pub rejected: Option<String>,
 }
 
+/// Opens a batch in `uploading`. With `Some(pipeline)` its images are recorded one by one as they
+/// are stored ([`add_image`]) and processed while the rest of the upload arrives; with `None`
+/// they are recorded at the end ([`record_upload`]).
 pub async fn create_batch(
     db: &Db,
     id: BatchId,
-    pipeline: &serde_json::Value,
+    pipeline: Option<&serde_json::Value>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO batches (id, status, pipeline) VALUES ($1, 'uploading', $2)")
-        .bind(id)
-        .bind(pipeline)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO batches (id, status, pipeline, queued_at)
+         VALUES ($1, 'uploading', $2, CASE WHEN $3 THEN now() END)",
+    )
+    .bind(id)
+    .bind(pipeline.unwrap_or(&serde_json::Value::Null))
+    .bind(pipeline.is_some())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records one stored (or refused) file of a batch still uploading, at `position`, and counts it
+/// in the batch's total, so that the dispatcher can send it to a worker at once. The batch stays
+/// `uploading` (so it cannot complete early) until [`finish_upload`].
+pub async fn add_image(
+    db: &Db,
+    batch: BatchId,
+    position: usize,
+    image: &NewImage,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    insert_image(&mut tx, batch, position, image).await?;
+    let updated = sqlx::query(
+        "UPDATE batches SET total = total + 1, failed_count = failed_count + $2,
+                            updated_at = now()
+         WHERE id = $1 AND status = 'uploading'",
+    )
+    .bind(batch)
+    .bind(i32::from(image.rejected.is_some()))
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        // The reconciler gave up on this upload meanwhile.
+        tx.rollback().await?;
+        return Err(sqlx::Error::RowNotFound);
+    }
+    tx.commit().await
+}
+
+/// Ends the upload of a batch whose images were recorded one by one: `uploading -> queued`, or
+/// `processing` when some are finished already, or `archiving` when all are. The fan-in stays
+/// exact: [`finish_image`] completes only batches past `uploading`, and this completes the
+/// batch when every image finished before the upload did.
+pub async fn finish_upload(db: &Db, batch: BatchId, total: usize) -> Result<Recorded, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE batches SET updated_at = now(),
+                status = CASE WHEN done_count + failed_count = total THEN 'archiving'
+                              WHEN done_count + failed_count > 0 THEN 'processing'
+                              ELSE 'queued' END
+         WHERE id = $1 AND status = 'uploading' AND total = $2
+         RETURNING status",
+    )
+    .bind(batch)
+    .bind(total as i32)
+    .fetch_optional(db)
+    .await?;
+    let status: BatchStatus = status
+        .ok_or(sqlx::Error::RowNotFound)?
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    Ok(Recorded { status })
+}
+
+async fn insert_image(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: BatchId,
+    position: usize,
+    img: &NewImage,
+) -> Result<(), sqlx::Error> {
+    let status = if img.rejected.is_some() {
+        ImageStatus::Failed
+    } else {
+        ImageStatus::Pending
+    };
+    sqlx::query(
+        "INSERT INTO images (id, batch_id, position, name, input_format, input_bytes, status,
+                             error, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                 CASE WHEN $7 = 'failed' THEN now() END)",
+    )
+    .bind(img.id)
+    .bind(batch)
+    .bind(position as i32)
+    .bind(&img.name)
+    .bind(&img.input_format)
+    .bind(img.input_bytes)
+    .bind(status.as_str())
+    .bind(&img.rejected)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// What became of an upload once it was recorded.
 #[derive(Debug)]
 pub struct Recorded {
-    /// True when no image is left to process (every file was refused): the archive step is next.
-    pub complete: bool,
+    /// `queued`, `processing` (some images are finished already), or `archiving` when no image
+    /// is left to process (every file was refused, or all were processed during the upload).
+    pub status: BatchStatus,
 }
 
 /// Records every file of the upload and moves the batch `uploading -> queued` (or straight to
@@ -119,32 +209,11 @@ pub async fn record_upload(
     let mut tx = db.begin().await?;
     let mut failed = 0i32;
     for (position, img) in images.iter().enumerate() {
-        let status = if img.rejected.is_some() {
-            failed += 1;
-            ImageStatus::Failed
-        } else {
-            ImageStatus::Pending
-        };
-        sqlx::query(
-            "INSERT INTO images (id, batch_id, position, name, input_format, input_bytes, status,
-                                 error, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                     CASE WHEN $7 = 'failed' THEN now() END)",
-        )
-        .bind(img.id)
-        .bind(batch)
-        .bind(position as i32)
-        .bind(&img.name)
-        .bind(&img.input_format)
-        .bind(img.input_bytes)
-        .bind(status.as_str())
-        .bind(&img.rejected)
-        .execute(&mut *tx)
-        .await?;
+        failed += i32::from(img.rejected.is_some());
+        insert_image(&mut tx, batch, position, img).await?;
     }
     let total = images.len() as i32;
-    let complete = failed == total;
-    let next = if complete {
+    let next = if failed == total {
         BatchStatus::Archiving
     } else {
         BatchStatus::Queued
@@ -167,7 +236,7 @@ pub async fn record_upload(
         return Err(sqlx::Error::RowNotFound);
     }
     tx.commit().await?;
-    Ok(Recorded { complete })
+    Ok(Recorded { status: next })
 }
 
 /// Reports progress on uploads still being received, so the reconciler leaves them alone.
@@ -181,7 +250,24 @@ pub async fn touch_uploads(db: &Db, batches: &[BatchId]) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// Deletes a batch that never finished uploading (the request was refused or broke off).
+/// First step in dropping a refused or broken upload: the batch ends `failed` and expired, so no
+/// worker starts or counts another of its images, and should deleting its objects fail now, the
+/// purge deletes them at its next run. Workers that were processing one of its images delete
+/// what they stored ([`Finished::Abandoned`]).
+pub async fn abandon_upload(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET status = 'failed', error = 'the upload was refused or broke off',
+                finished_at = now(), expires_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'uploading'",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a batch that never finished uploading (the request was refused or broke off), once
+/// its objects are gone.
 pub async fn delete_batch(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM batches WHERE id = $1")
         .bind(batch)
@@ -241,7 +327,7 @@ pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, s
         "UPDATE images i SET attempts = i.attempts + 1
          FROM batches b
          WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
-           AND b.status IN ('queued', 'processing')
+           AND b.status IN ('uploading', 'queued', 'processing')
          RETURNING i.batch_id, i.attempts, i.retries, b.pipeline",
     )
     .bind(image)
@@ -283,15 +369,28 @@ pub enum ImageOutcome {
     },
 }
 
-/// Moves an image `pending -> done|failed` (only if it was pending) and bumps its batch's
-/// counters in the same transaction. Returns `Some(batch)` when this transition completed the
-/// batch: the caller then enqueues its archive.
+/// What [`finish_image`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The image was counted; its batch goes on.
+    Counted,
+    /// The image was counted and was its batch's last: the caller dispatches the archive.
+    Completed(BatchId),
+    /// The image was finished already (by an earlier attempt): nothing changed.
+    Already,
+    /// The image's batch is gone or ended without it (a refused upload): what this attempt
+    /// stored should be deleted.
+    Abandoned,
+}
+
+/// Moves an image `pending -> done|failed` (only if it was pending and its batch is still being
+/// received or processed) and bumps its batch's counters in the same transaction.
 pub async fn finish_image(
     db: &Db,
     image: ImageId,
     outcome: &ImageOutcome,
     worker: &str,
-) -> Result<Option<BatchId>, sqlx::Error> {
+) -> Result<Finished, sqlx::Error> {
     let mut tx = db.begin().await?;
     let (status, error, ext, bytes, width, height) = match outcome {
         ImageOutcome::Done {
@@ -317,10 +416,12 @@ pub async fn finish_image(
         ),
     };
     let row = sqlx::query(
-        "UPDATE images SET status = $2, error = $3, output_format = $4, output_bytes = $5,
-                           width = $6, height = $7, processed_by = $8, finished_at = now()
-         WHERE id = $1 AND status = 'pending'
-         RETURNING batch_id",
+        "UPDATE images i SET status = $2, error = $3, output_format = $4, output_bytes = $5,
+                             width = $6, height = $7, processed_by = $8, finished_at = now()
+         FROM batches b
+         WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
+           AND b.status IN ('uploading', 'queued', 'processing')
+         RETURNING i.batch_id",
     )
     .bind(image)
     .bind(status.as_str())
@@ -333,8 +434,20 @@ pub async fn finish_image(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
+        // Gone with its batch, or its batch ended without it: abandoned. Otherwise finished
+        // by another attempt.
+        let live: Option<bool> = sqlx::query_scalar(
+            "SELECT b.status NOT IN ('failed', 'expired')
+             FROM images i JOIN batches b ON b.id = i.batch_id WHERE i.id = $1",
+        )
+        .bind(image)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(match live {
+            Some(true) => Finished::Already,
+            _ => Finished::Abandoned,
+        });
     };
     let batch: BatchId = row.try_get("batch_id")?;
     let (done, failed) = match status {
@@ -356,7 +469,11 @@ pub async fn finish_image(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(completed.then_some(batch))
+    Ok(if completed {
+        Finished::Completed(batch)
+    } else {
+        Finished::Counted
+    })
 }
 
 /// An image that goes into the archive, or a failure that goes into its report.

@@ -15,6 +15,7 @@
 //! advisory lock makes them take turns.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sqlx::Row;
 
@@ -103,7 +104,7 @@ pub async fn dispatch(db: &Db, queues: &Queues, window: u32) -> Result<Dispatche
              WHERE id IN (
                  SELECT i.id FROM images i JOIN batches b ON b.id = i.batch_id
                  WHERE i.status = 'pending' AND i.enqueued_at IS NULL
-                   AND b.status IN ('queued', 'processing')
+                   AND b.status IN ('uploading', 'queued', 'processing')
                  ORDER BY b.queued_at, b.id, i.position
                  LIMIT $1)
              RETURNING batch_id, id",
@@ -125,4 +126,31 @@ pub async fn dispatch(db: &Db, queues: &Queues, window: u32) -> Result<Dispatche
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Dispatches in the background soon after being asked. Requests made while a dispatch runs
+/// coalesce into one more dispatch, so an upload can ask after every image it stores.
+#[derive(Clone)]
+pub struct Soon(Arc<tokio::sync::Notify>);
+
+impl Soon {
+    /// Starts the background task (on the current Tokio runtime).
+    pub fn spawn(db: Db, queues: Queues, window: u32) -> Self {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let wanted = notify.clone();
+        tokio::spawn(async move {
+            loop {
+                wanted.notified().await;
+                if let Err(e) = dispatch(&db, &queues, window).await {
+                    // The images wait in Postgres; the workers' dispatchers send them.
+                    tracing::warn!(error = %e, "could not dispatch now; the workers will");
+                }
+            }
+        });
+        Self(notify)
+    }
+
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
 }

@@ -350,6 +350,18 @@ impl Storage {
         Ok((out.body, out.content_length))
     }
 
+    /// Deletes one object; an object that is not there is success.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("delete", e))?;
+        Ok(())
+    }
+
     /// Every key under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let mut keys = Vec::new();

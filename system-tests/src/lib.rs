@@ -345,6 +345,12 @@ impl System {
             .await?)
     }
 
+    /// Starts a multipart `POST` to `path` whose parts are sent one by one as the test says
+    /// ([`RawUpload`]), so that a test can act between them.
+    pub async fn raw_upload(&self, path: &str) -> anyhow::Result<RawUpload> {
+        RawUpload::start(&self.base, path).await
+    }
+
     /// Submits and expects 202; returns the batch id.
     pub async fn submit_ok(
         &self,
@@ -606,5 +612,97 @@ async fn drop_old_databases(admin: &PgPool, now: u64) {
             .execute(admin)
             .await;
         }
+    }
+}
+
+/// A multipart upload sent part by part over a connection of its own (HTTP/1.1, chunked), so
+/// that a test can wait between parts, or go away in the middle by dropping it. Each part is
+/// sent with the delimiter that opens the next one, since that is how the server learns that a
+/// part has ended; [`RawUpload::finish`] closes the body with an empty `_end` field, which the
+/// server ignores.
+pub struct RawUpload {
+    stream: tokio::net::TcpStream,
+}
+
+const RAW_BOUNDARY: &str = "wmrawuploadboundary";
+
+impl RawUpload {
+    async fn start(base: &str, path: &str) -> anyhow::Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        let addr = base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: multipart/form-data; boundary={RAW_BOUNDARY}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let mut upload = Self { stream };
+        upload
+            .chunk(format!("--{RAW_BOUNDARY}\r\n").as_bytes())
+            .await?;
+        Ok(upload)
+    }
+
+    async fn chunk(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+            .await?;
+        self.stream.write_all(data).await?;
+        self.stream.write_all(b"\r\n").await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    async fn part(&mut self, disposition: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let mut part =
+            format!("Content-Disposition: form-data; {disposition}\r\n\r\n").into_bytes();
+        part.extend_from_slice(bytes);
+        part.extend_from_slice(format!("\r\n--{RAW_BOUNDARY}\r\n").as_bytes());
+        self.chunk(&part).await
+    }
+
+    /// Sends a text field.
+    pub async fn text(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
+        self.part(&format!("name=\"{name}\""), value.as_bytes())
+            .await
+    }
+
+    /// Sends a file part.
+    pub async fn file(&mut self, name: &str, file_name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        self.part(&format!("name=\"{name}\"; filename=\"{file_name}\""), bytes)
+            .await
+    }
+
+    /// Ends the body and reads the answer: its status and body.
+    pub async fn finish(mut self) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.chunk(
+            format!(
+                "Content-Disposition: form-data; name=\"_end\"\r\n\r\n\r\n--{RAW_BOUNDARY}--\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        self.stream.write_all(b"0\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.stream.read_to_end(&mut answer),
+        )
+        .await
+        .context("no answer within 60 s")??;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 }

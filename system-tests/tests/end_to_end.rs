@@ -545,17 +545,19 @@ async fn submit_with_logo(
     pipeline: &serde_json::Value,
     logo: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    let mut form = reqwest::multipart::Form::new().text("pipeline", pipeline.to_string());
+    // The choices and the logo first, as the API documents.
+    let mut form = reqwest::multipart::Form::new()
+        .text("pipeline", pipeline.to_string())
+        .part(
+            "logo",
+            reqwest::multipart::Part::bytes(logo).file_name("logo.png"),
+        );
     for (name, bytes) in files {
         form = form.part(
             "files",
             reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
         );
     }
-    form = form.part(
-        "logo",
-        reqwest::multipart::Part::bytes(logo).file_name("logo.png"),
-    );
     let res = sys
         .http
         .post(sys.url("/api/batches"))
@@ -752,6 +754,175 @@ async fn a_misconfigured_process_exits_with_its_reason_and_one_started_early_wai
         let _ = child.wait();
         assert!(said.contains("waiting for Postgres"), "{bin}: {said}");
         assert!(waiting, "{bin} did not wait for Postgres: {said}");
+    }
+    sys.shutdown().await;
+}
+
+/// Waits (at most `limit`) until `sql` counts `want`.
+async fn wait_count(sys: &System, sql: &'static str, want: i64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let n = sys.count(sql).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "`{sql}` is {n}, not {want}, after {limit:?}; logs in {}",
+            sys.logs().display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    serde_json::from_str(&body[start..end]).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn choices_sent_before_the_files_start_the_images_while_the_rest_upload() {
+    let sys = System::start(
+        "streaming",
+        Options::default()
+            .env("WORKER_FAULT_INJECTION", 1)
+            .env("WORKER_CONCURRENCY", 2),
+    )
+    .await
+    .expect("system starts");
+    let grey = json!([{"task": "grayscale"}]).to_string();
+    let red = || flat_jpeg(64, 48, [220, 30, 30]);
+
+    // The pipeline first, then one file: that file is processed while the body is still open.
+    let mut up = sys.raw_upload("/api/batches").await.expect("connects");
+    up.text("pipeline", &grey).await.expect("sends");
+    up.file("files", "first.jpg", &red()).await.expect("sends");
+    wait_count(
+        &sys,
+        "SELECT count(*) FROM images WHERE status = 'done'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        sys.count("SELECT count(*) FROM batches WHERE status = 'uploading' AND done_count = 1")
+            .await,
+        1,
+        "the first image was done while its batch was still uploading"
+    );
+    up.file("files", "second.jpg", &red()).await.expect("sends");
+    let (code, body) = up.finish().await.expect("answers");
+    assert_eq!(code, 202, "{body}");
+    let id = json_of(&body)["id"].as_str().expect("an id").to_owned();
+    let status = sys
+        .wait_final(&id, Duration::from_secs(60))
+        .await
+        .expect("finishes");
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(status["done"], 2, "{status}");
+    let (_, zip) = sys.download(&id).await.expect("downloads");
+    let entries = unzip(&zip);
+    assert_eq!(entries.len(), 2);
+    for (name, bytes) in &entries {
+        let px = image::load_from_memory(bytes).expect("decodes").to_rgb8();
+        let p = px.get_pixel(10, 10).0;
+        assert!(
+            p[0].abs_diff(p[1]) < 4 && p[1].abs_diff(p[2]) < 4,
+            "{name} is not grey: {p:?}"
+        );
+    }
+
+    // The old order, choices after the files: still honoured.
+    let mut up = sys.raw_upload("/api/batches").await.expect("connects");
+    up.file("files", "late.jpg", &red()).await.expect("sends");
+    up.text("pipeline", &grey).await.expect("sends");
+    let (code, body) = up.finish().await.expect("answers");
+    assert_eq!(code, 202, "{body}");
+    let id = json_of(&body)["id"].as_str().expect("an id").to_owned();
+    let status = sys.wait_final(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status["status"], "done", "{status}");
+    let (_, zip) = sys.download(&id).await.expect("downloads");
+    let px = image::load_from_memory(&unzip(&zip)[0].1)
+        .unwrap()
+        .to_rgb8();
+    let p = px.get_pixel(10, 10).0;
+    assert!(
+        p[0].abs_diff(p[1]) < 4,
+        "the late pipeline was not applied: {p:?}"
+    );
+
+    // Choices first, then a logo after the files: refused, naming the order, leaving nothing.
+    let batches_before = sys.count("SELECT count(*) FROM batches").await;
+    let objects_before = sys.objects().await.unwrap().len();
+    let mut up = sys.raw_upload("/api/batches").await.expect("connects");
+    up.text("pipeline", &json!([{"task": "watermark"}]).to_string())
+        .await
+        .unwrap();
+    up.file("files", "a.jpg", &red()).await.unwrap();
+    up.file("logo", "logo.png", &flat_png(20, 10, [0, 0, 0, 255]))
+        .await
+        .unwrap();
+    let (code, body) = up.finish().await.expect("answers");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("before the files"), "{body}");
+    wait_count(
+        &sys,
+        "SELECT count(*) FROM batches WHERE status NOT IN ('done')",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        sys.count("SELECT count(*) FROM batches").await,
+        batches_before
+    );
+    assert_eq!(sys.objects().await.unwrap().len(), objects_before);
+
+    // A streamed upload whose client goes away while a worker holds one of its images and
+    // another is done: nothing stays, not even the result stored after the clean-up.
+    let mut up = sys.raw_upload("/api/batches").await.expect("connects");
+    up.text("pipeline", &grey).await.unwrap();
+    up.file("files", "quick.jpg", &red()).await.unwrap();
+    let slow = system_tests::checks::with_marker(&red(), b"wm-fault:sleep=2000;");
+    up.file("files", "slow.jpg", &slow).await.unwrap();
+    wait_count(
+        &sys,
+        "SELECT count(*) FROM images i JOIN batches b ON b.id = i.batch_id
+         WHERE b.status = 'uploading' AND (i.status = 'done' OR i.attempts > 0)",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let gone: String =
+        sqlx::query_scalar("SELECT id::text FROM batches WHERE status = 'uploading'")
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+    drop(up);
+    let dropped = Instant::now();
+    let prefix = format!("batches/{gone}/");
+    loop {
+        let rows = sys
+            .count("SELECT count(*) FROM batches WHERE status = 'uploading' OR status = 'failed'")
+            .await;
+        let left: Vec<String> = sys
+            .objects()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        // The slow image ends about 2 s after it started; wait past that before judging.
+        if rows == 0 && left.is_empty() && dropped.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        assert!(
+            dropped.elapsed() < Duration::from_secs(20),
+            "the abandoned upload left {rows} row(s) and {left:?}; logs in {}",
+            sys.logs().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     sys.shutdown().await;
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<jobs::Settings>,
     /// Batches this process is receiving right now (their progress is reported to Postgres).
     pub uploads: jobs::InProgress<BatchId>,
+    /// Sends the images of uploads still arriving to the workers, as they are stored.
+    pub dispatch: jobs::dispatch::Soon,
 }
 
 impl AppState {
@@ -35,7 +37,10 @@ impl AppState {
         let conn = jobs::connect_redis(settings.redis_url()).await?;
         let queues = Queues::with_connection(conn, &settings.queue_prefix, 1);
         let storage = Storage::new(&settings);
+        let dispatch =
+            jobs::dispatch::Soon::spawn(db.clone(), queues.clone(), settings.dispatch_window);
         Ok(Self {
+            dispatch,
             db,
             storage,
             queues,

@@ -39,7 +39,17 @@ struct Choices {
     logo: bool,
 }
 
-pub async fn receive(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
+pub async fn receive(state: &AppState, multipart: Multipart) -> Result<Received, AppError> {
+    // The upload runs on a task of its own: should the client go away and the request's future
+    // be dropped, the body ends in an error and the upload still cleans up after itself (and its
+    // images that workers already took).
+    let state = state.clone();
+    tokio::spawn(async move { receive_owned(&state, multipart).await })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
+}
+
+async fn receive_owned(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
     // Refuse up front, before reading a byte, when something the batch needs is down.
     let probe = state.probe().await;
     if !probe.all_up() {
@@ -55,18 +65,29 @@ pub async fn receive(state: &AppState, mut multipart: Multipart) -> Result<Recei
     let result = receive_into(state, batch, &mut created, &mut multipart).await;
     state.uploads.remove(batch);
     if result.is_err() && created {
-        // Nothing of a refused or broken upload stays behind.
-        if let Err(e) = state
-            .storage
-            .delete_prefix(&keys::batch_prefix(batch))
-            .await
-        {
-            tracing::warn!(%batch, error = %e, "could not delete a refused upload's files; the reconciler will");
-        } else if let Err(e) = db::delete_batch(&state.db, batch).await {
-            tracing::warn!(%batch, error = %e, "could not delete a refused upload's row; the reconciler will");
-        }
+        forget(state, batch).await;
     }
     result
+}
+
+/// Leaves nothing of a refused or broken upload: not its row, not its files, not the results
+/// that workers already made of the images that came first. The batch is ended first, so that
+/// no worker starts or counts another of its images, and a worker that stores a result after the
+/// objects were deleted deletes it itself. Should storage fail now, the batch stays, expired, and
+/// the purge deletes its objects and then it.
+async fn forget(state: &AppState, batch: BatchId) {
+    if let Err(e) = db::abandon_upload(&state.db, batch).await {
+        tracing::warn!(%batch, error = %e, "could not end a refused upload; the reconciler will");
+    }
+    if let Err(e) = state
+        .storage
+        .delete_prefix(&keys::batch_prefix(batch))
+        .await
+    {
+        tracing::warn!(%batch, error = %e, "could not delete a refused upload's files; the purge will");
+    } else if let Err(e) = db::delete_batch(&state.db, batch).await {
+        tracing::warn!(%batch, error = %e, "could not delete a refused upload's row; the purge will");
+    }
 }
 
 async fn receive_into(
@@ -79,9 +100,21 @@ async fn receive_into(
     let mut files: Vec<NewImage> = Vec::new();
     let mut choices = Choices::default();
     let mut total: u64 = 0;
+    // Set when the choices came before the first file and make a valid pipeline: each image is
+    // then recorded and dispatched as soon as it is stored, while the rest still arrive.
+    let mut streaming = false;
 
     while let Some(field) = multipart.next_field().await.map_err(bad_body)? {
         let name = field.name().unwrap_or_default().to_owned();
+        let is_choice =
+            matches!(name.as_str(), "logo" | "pipeline" | "form" | "task") || name.contains('.');
+        if streaming && is_choice {
+            return Err(AppError::BadRequest(format!(
+                "the field {name:?} came after the files, but the choices that came before them \
+                 were already being applied: send every choice (and the logo) before the files, \
+                 or all of them after"
+            )));
+        }
         match name.as_str() {
             "files" | "file" => {
                 // A form with no file chosen sends one empty, unnamed part: skipped. An unnamed
@@ -94,12 +127,20 @@ async fn receive_into(
                     )));
                 }
                 if !*created {
-                    db::create_batch(&state.db, batch, &Value::Null).await?;
+                    let settled = choices.settled();
+                    streaming = settled.is_some();
+                    db::create_batch(&state.db, batch, settled.as_ref()).await?;
                     *created = true;
                 }
                 let file = receive_file(state, batch, field, &mut total).await?;
                 if unnamed && file.input_bytes == 0 {
                     continue;
+                }
+                if streaming {
+                    db::add_image(&state.db, batch, files.len(), &file).await?;
+                    if file.rejected.is_none() {
+                        state.dispatch.request();
+                    }
                 }
                 files.push(file);
             }
@@ -114,7 +155,7 @@ async fn receive_into(
                     .map_err(|e| AppError::Internal(e.into()))?
                     .map_err(AppError::BadRequest)?;
                 if !*created {
-                    db::create_batch(&state.db, batch, &Value::Null).await?;
+                    db::create_batch(&state.db, batch, None).await?;
                     *created = true;
                 }
                 state
@@ -145,8 +186,12 @@ async fn receive_into(
             "no files: choose at least one image".into(),
         ));
     }
-    let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
-    let recorded = db::record_upload(&state.db, batch, &pipeline, &files).await?;
+    let recorded = if streaming {
+        db::finish_upload(&state.db, batch, files.len()).await?
+    } else {
+        let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
+        db::record_upload(&state.db, batch, &pipeline, &files).await?
+    };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
     // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
     // now, or the workers' should Redis fail now.
@@ -155,16 +200,23 @@ async fn receive_into(
     {
         tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }
-    let status = if recorded.complete {
-        jobs::BatchStatus::Archiving
-    } else {
-        jobs::BatchStatus::Queued
-    };
-    tracing::info!(%batch, files = files.len(), bytes = total, "batch received");
+    let status = recorded.status;
+    tracing::info!(%batch, files = files.len(), bytes = total, streamed = streaming, "batch received");
     Ok(Received { batch, status })
 }
 
 impl Choices {
+    /// The stored form of the pipeline when the choices received so far settle it: a `pipeline`
+    /// field or the form's marker came, and what came makes a valid pipeline. Otherwise the
+    /// choices are read at the end of the body, as they always were (and their errors told then).
+    fn settled(&self) -> Option<Value> {
+        if self.pipeline_json.is_none() && !self.from_form {
+            return None;
+        }
+        let pipeline = self.pipeline().ok()?;
+        Some(self.with_logo(pipeline).ok()?.to_json())
+    }
+
     /// See [`Pipeline::with_logo`].
     fn with_logo(&self, pipeline: Pipeline) -> Result<Pipeline, AppError> {
         pipeline.with_logo(self.logo).map_err(AppError::BadRequest)

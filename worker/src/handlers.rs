@@ -168,16 +168,16 @@ async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) ->
             .await?
             .unwrap_or_else(|| "the worker stopped while processing it".into());
         let reason = format!("gave up after {max_attempts} attempts; last problem: {last}");
-        return finish(ctx, job.image, ImageOutcome::Failed { reason }).await;
+        return finish(ctx, job, ImageOutcome::Failed { reason }).await;
     }
     match run_pipeline(ctx, work).await {
-        Ok(Attempt::Ended(outcome)) => finish(ctx, job.image, outcome).await,
+        Ok(Attempt::Ended(outcome)) => finish(ctx, job, outcome).await,
         Ok(Attempt::Lost(why)) => {
             tracing::warn!(image = %job.image, attempt = work.attempts, problem = %why, "an attempt at an image was lost");
             db::note_image_error(&ctx.db, job.image, &why, false).await?;
             if work.lost_attempts() + 1 >= max_attempts {
                 let reason = format!("gave up after {max_attempts} attempts; last problem: {why}");
-                return finish(ctx, job.image, ImageOutcome::Failed { reason }).await;
+                return finish(ctx, job, ImageOutcome::Failed { reason }).await;
             }
             Err(why.into())
         }
@@ -255,14 +255,29 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
     }))
 }
 
-async fn finish(ctx: &Ctx, image: jobs::ImageId, outcome: ImageOutcome) -> JobResult {
-    if let Some(batch) = db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await? {
-        // The last image of the batch: its archive job goes out now. Should that fail, the
-        // batch waits in Postgres and the next dispatch sends it.
-        let window = ctx.settings.dispatch_window;
-        if let Err(e) = jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
-            tracing::warn!(%batch, error = %e, "could not dispatch the archive now; the dispatcher will");
+async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResult {
+    let image = job.image;
+    match db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await? {
+        db::Finished::Completed(batch) => {
+            // The last image of the batch: its archive job goes out now. Should that fail, the
+            // batch waits in Postgres and the next dispatch sends it.
+            let window = ctx.settings.dispatch_window;
+            if let Err(e) = jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
+                tracing::warn!(%batch, error = %e, "could not dispatch the archive now; the dispatcher will");
+            }
         }
+        db::Finished::Abandoned => {
+            // Its upload was refused while this image was processed: the upload's clean-up may
+            // have deleted the batch's objects before this result was stored, so delete it here.
+            if let ImageOutcome::Done { output_format, .. } = &outcome {
+                if let Some(format) = Format::parse(output_format) {
+                    ctx.storage
+                        .delete(&keys::output(job.batch, image, format.ext()))
+                        .await?;
+                }
+            }
+        }
+        db::Finished::Counted | db::Finished::Already => {}
     }
     Ok(())
 }
