@@ -152,6 +152,8 @@ metadata_dir = "$STATE/garage/meta"
 data_dir = "$STATE/garage/data"
 db_engine = "sqlite"
 replication_factor = 1
+# Images and zips of images do not compress: zstd would only spend CPU on every PUT and GET.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$((S3_PORT + 1))"
 rpc_public_addr = "127.0.0.1:$((S3_PORT + 1))"
 rpc_secret = "$GARAGE_RPC_SECRET"

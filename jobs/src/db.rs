@@ -108,24 +108,25 @@ pub async fn create_batch(
     Ok(())
 }
 
-/// Records one stored (or refused) file of a batch still uploading, at `position`, and counts it
-/// in the batch's total, so that the dispatcher can send it to a worker at once. The batch stays
-/// `uploading` (so it cannot complete early) until [`finish_upload`].
-pub async fn add_image(
+/// Records stored (or refused) files of a batch still uploading, each at its position, and
+/// counts them in the batch's total, so that the dispatcher can send them to workers at once.
+/// The batch stays `uploading` (so it cannot complete early) until [`finish_upload`].
+pub async fn add_images(
     db: &Db,
     batch: BatchId,
-    position: usize,
-    image: &NewImage,
+    images: &[(usize, NewImage)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    insert_image(&mut tx, batch, position, image).await?;
+    insert_images(&mut tx, batch, images.iter().map(|(p, i)| (*p, i))).await?;
+    let refused = images.iter().filter(|(_, i)| i.rejected.is_some()).count();
     let updated = sqlx::query(
-        "UPDATE batches SET total = total + 1, failed_count = failed_count + $2,
+        "UPDATE batches SET total = total + $2, failed_count = failed_count + $3,
                             updated_at = now()
          WHERE id = $1 AND status = 'uploading'",
     )
     .bind(batch)
-    .bind(i32::from(image.rejected.is_some()))
+    .bind(images.len() as i32)
+    .bind(refused as i32)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() != 1 {
@@ -160,31 +161,42 @@ pub async fn finish_upload(db: &Db, batch: BatchId, total: usize) -> Result<Reco
     Ok(Recorded { status })
 }
 
-async fn insert_image(
+/// Inserts images in one statement: `pending`, or `failed` with their reason when refused.
+async fn insert_images<'a>(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: BatchId,
-    position: usize,
-    img: &NewImage,
+    images: impl Iterator<Item = (usize, &'a NewImage)>,
 ) -> Result<(), sqlx::Error> {
-    let status = if img.rejected.is_some() {
-        ImageStatus::Failed
-    } else {
-        ImageStatus::Pending
-    };
+    let mut ids = Vec::new();
+    let mut positions = Vec::new();
+    let mut names = Vec::new();
+    let mut formats = Vec::new();
+    let mut sizes = Vec::new();
+    let mut reasons = Vec::new();
+    for (position, img) in images {
+        ids.push(img.id);
+        positions.push(position as i32);
+        names.push(img.name.as_str());
+        formats.push(img.input_format.as_deref());
+        sizes.push(img.input_bytes);
+        reasons.push(img.rejected.as_deref());
+    }
     sqlx::query(
         "INSERT INTO images (id, batch_id, position, name, input_format, input_bytes, status,
                              error, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                 CASE WHEN $7 = 'failed' THEN now() END)",
+         SELECT id, $1, position, name, format, size,
+                CASE WHEN reason IS NULL THEN 'pending' ELSE 'failed' END,
+                reason, CASE WHEN reason IS NOT NULL THEN now() END
+         FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::int8[], $7::text[])
+              AS t(id, position, name, format, size, reason)",
     )
-    .bind(img.id)
     .bind(batch)
-    .bind(position as i32)
-    .bind(&img.name)
-    .bind(&img.input_format)
-    .bind(img.input_bytes)
-    .bind(status.as_str())
-    .bind(&img.rejected)
+    .bind(ids)
+    .bind(positions)
+    .bind(names)
+    .bind(formats)
+    .bind(sizes)
+    .bind(reasons)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -207,11 +219,8 @@ pub async fn record_upload(
     images: &[NewImage],
 ) -> Result<Recorded, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut failed = 0i32;
-    for (position, img) in images.iter().enumerate() {
-        failed += i32::from(img.rejected.is_some());
-        insert_image(&mut tx, batch, position, img).await?;
-    }
+    let failed = images.iter().filter(|i| i.rejected.is_some()).count() as i32;
+    insert_images(&mut tx, batch, images.iter().enumerate()).await?;
     let total = images.len() as i32;
     let next = if failed == total {
         BatchStatus::Archiving

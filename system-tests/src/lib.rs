@@ -364,6 +364,16 @@ impl System {
         Ok(body["id"].as_str().context("an id")?.to_owned())
     }
 
+    /// `GET /api/batches/{id}?images=false`: the batch without its list of images.
+    pub async fn summary(&self, id: &str) -> anyhow::Result<(u16, Value)> {
+        let res = self
+            .http
+            .get(self.url(&format!("/api/batches/{id}?images=false")))
+            .send()
+            .await?;
+        Ok((res.status().as_u16(), res.json().await?))
+    }
+
     pub async fn status(&self, id: &str) -> anyhow::Result<(u16, Value)> {
         let res = self
             .http

@@ -1,11 +1,11 @@
 //! The JSON API: submit a batch, follow it, list the tasks; and the health checks.
 
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use jobs::{BatchId, BatchStatus};
@@ -79,6 +79,15 @@ pub struct ImageView {
 
 /// Loads a batch for display: 404 when unknown, 410 once expired.
 pub async fn load_view(state: &AppState, id: &str) -> Result<BatchView, AppError> {
+    load_view_with(state, id, true).await
+}
+
+/// [`load_view`], with the list of images or without it (`images` left empty).
+async fn load_view_with(
+    state: &AppState,
+    id: &str,
+    with_images: bool,
+) -> Result<BatchView, AppError> {
     let id: BatchId = id.parse().map_err(|_| AppError::NotFound)?;
     let batch = jobs::db::get_batch(&state.db, id)
         .await?
@@ -86,7 +95,11 @@ pub async fn load_view(state: &AppState, id: &str) -> Result<BatchView, AppError
     if batch.status() == BatchStatus::Expired {
         return Err(AppError::Gone);
     }
-    let images = jobs::db::list_images(&state.db, id).await?;
+    let images = if with_images {
+        jobs::db::list_images(&state.db, id).await?
+    } else {
+        Vec::new()
+    };
     let steps = jobs::tasks::Pipeline::parse(&batch.pipeline)
         .map(|p| p.describe())
         .unwrap_or_default();
@@ -120,12 +133,25 @@ pub async fn load_view(state: &AppState, id: &str) -> Result<BatchView, AppError
     })
 }
 
-/// `GET /api/batches/{id}`.
+/// The query of `GET /api/batches/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// `false` leaves out the list of images (for clients that poll a large batch).
+    #[serde(default = "yes")]
+    images: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /api/batches/{id}[?images=false]`.
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<StatusQuery>,
 ) -> Result<Json<BatchView>, ApiError> {
-    Ok(Json(load_view(&state, &id).await?))
+    Ok(Json(load_view_with(&state, &id, query.images).await?))
 }
 
 /// `GET /api/tasks`: every registered task with its parameters.

@@ -102,13 +102,13 @@ async fn receive_into(
     let mut total: u64 = 0;
     // Set when the choices came before the first file and make a valid pipeline: each image is
     // then recorded and dispatched as soon as it is stored, while the rest still arrive.
-    let mut streaming = false;
+    let mut recorder: Option<Recorder> = None;
 
     while let Some(field) = multipart.next_field().await.map_err(bad_body)? {
         let name = field.name().unwrap_or_default().to_owned();
         let is_choice =
             matches!(name.as_str(), "logo" | "pipeline" | "form" | "task") || name.contains('.');
-        if streaming && is_choice {
+        if recorder.is_some() && is_choice {
             return Err(AppError::BadRequest(format!(
                 "the field {name:?} came after the files, but the choices that came before them \
                  were already being applied: send every choice (and the logo) before the files, \
@@ -128,18 +128,20 @@ async fn receive_into(
                 }
                 if !*created {
                     let settled = choices.settled();
-                    streaming = settled.is_some();
                     db::create_batch(&state.db, batch, settled.as_ref()).await?;
                     *created = true;
+                    if settled.is_some() {
+                        recorder = Some(Recorder::start(state, batch));
+                    }
                 }
                 let file = receive_file(state, batch, field, &mut total).await?;
                 if unnamed && file.input_bytes == 0 {
                     continue;
                 }
-                if streaming {
-                    db::add_image(&state.db, batch, files.len(), &file).await?;
-                    if file.rejected.is_none() {
-                        state.dispatch.request();
+                if let Some(r) = &recorder {
+                    if !r.record(files.len(), file.clone()) {
+                        // It stopped on an error: say which.
+                        recorder.take().expect("a recorder").finish().await?;
                     }
                 }
                 files.push(file);
@@ -186,7 +188,9 @@ async fn receive_into(
             "no files: choose at least one image".into(),
         ));
     }
-    let recorded = if streaming {
+    let streamed = recorder.is_some();
+    let recorded = if let Some(recorder) = recorder {
+        recorder.finish().await?;
         db::finish_upload(&state.db, batch, files.len()).await?
     } else {
         let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
@@ -201,8 +205,54 @@ async fn receive_into(
         tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }
     let status = recorded.status;
-    tracing::info!(%batch, files = files.len(), bytes = total, streamed = streaming, "batch received");
+    tracing::info!(%batch, files = files.len(), bytes = total, streamed, "batch received");
     Ok(Received { batch, status })
+}
+
+/// Records the images of an upload whose choices came first, in the background and as many at a
+/// time as were stored since the last commit, so that storing the next file does not wait on
+/// Postgres; then asks for a dispatch. Dropped on an error, it records what it was given and
+/// stops.
+struct Recorder {
+    queue: tokio::sync::mpsc::UnboundedSender<(usize, NewImage)>,
+    task: tokio::task::JoinHandle<Result<(), sqlx::Error>>,
+}
+
+/// Most images recorded in one transaction.
+const RECORD_AT_ONCE: usize = 500;
+
+impl Recorder {
+    fn start(state: &AppState, batch: BatchId) -> Self {
+        let (queue, mut stored) = tokio::sync::mpsc::unbounded_channel();
+        let db = state.db.clone();
+        let dispatch = state.dispatch.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Vec::new();
+            while stored.recv_many(&mut ready, RECORD_AT_ONCE).await > 0 {
+                db::add_images(&db, batch, &ready).await?;
+                if ready.iter().any(|(_, image)| image.rejected.is_none()) {
+                    dispatch.request();
+                }
+                ready.clear();
+            }
+            Ok(())
+        });
+        Self { queue, task }
+    }
+
+    /// Hands over one image; false when the recorder has stopped on an error.
+    fn record(&self, position: usize, image: NewImage) -> bool {
+        self.queue.send((position, image)).is_ok()
+    }
+
+    /// Waits until every image handed over is recorded.
+    async fn finish(self) -> Result<(), AppError> {
+        drop(self.queue);
+        self.task
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?
+            .map_err(AppError::from)
+    }
 }
 
 impl Choices {

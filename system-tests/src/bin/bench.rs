@@ -71,9 +71,12 @@ async fn main() -> anyhow::Result<()> {
         let cpu = pipeline_cpu(&files)?;
         let ideal_cpu = cpu.as_secs_f64() / cores as f64;
         let mut totals = [Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
         for round in 1..=rounds {
             for (i, order) in ORDERS.iter().enumerate() {
+                let cpu_before = cpu_by_part();
                 let (upload, total) = timed_batch(&sys, &files, *order).await?;
+                cpu[i].push((cpu_before, cpu_by_part()));
                 let r = total.as_secs_f64() / (upload.as_secs_f64() + ideal_cpu);
                 println!(
                     "{label:<22} {:<14} {round:>5} {:>11.3} {:>13.3} {:>14.3} {r:>6.2}",
@@ -92,6 +95,12 @@ async fn main() -> anyhow::Result<()> {
                 order.label(),
                 totals[i][totals[i].len() / 2]
             );
+            if let Some((before, after)) = cpu[i].last() {
+                println!(
+                    "  CPU ms per image in the last round: {}",
+                    cpu_per_image(before, after, count)
+                );
+            }
         }
     }
 
@@ -114,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
     // drain rate; with them first, processing overlaps the upload.
     let small = read_set(&workload, "small", 2000)?;
     for order in ORDERS {
+        let cpu_before = cpu_by_part();
         let started = Instant::now();
         let id = submit(&sys, &as_files(&small), order).await?;
         let upload = started.elapsed();
@@ -132,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
             drain.as_secs_f64(),
             2000.0 / drain.as_secs_f64(),
             2000.0 / total.as_secs_f64()
+        );
+        println!(
+            "  CPU ms per image, submit → link: {}",
+            cpu_per_image(&cpu_before, &cpu_by_part(), 2000)
         );
     }
     sys.shutdown().await;
@@ -186,8 +200,18 @@ async fn timed_batch(
     Ok((upload, total))
 }
 
+/// Polls every [`POLL`] without the list of images (which would cost a 2,000-image batch more
+/// than its processing); the last answer.
 async fn wait(sys: &System, id: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
-    sys.wait_final_polling(id, limit, POLL).await
+    let started = Instant::now();
+    loop {
+        let (code, body) = sys.summary(id).await?;
+        if code == 200 && matches!(body["status"].as_str(), Some("done" | "failed" | "expired")) {
+            return Ok(body);
+        }
+        anyhow::ensure!(started.elapsed() < limit, "batch {id} not finished: {body}");
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The first `count` files of a workload set, repeated under new names when it has fewer.
@@ -283,4 +307,72 @@ async fn store_reads() -> anyhow::Result<()> {
     }
     println!();
     Ok(())
+}
+
+/// CPU time (user + system) used so far by the processes of each part of the system, read from
+/// `/proc`: the web server, the workers with their image children, Postgres, Redis, Garage.
+fn cpu_by_part() -> std::collections::BTreeMap<&'static str, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut parts = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return parts;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let program = String::from_utf8_lossy(program);
+        let child = cmdline.windows(13).any(|w| w == b"__image-child");
+        let part = if program.ends_with("/web") {
+            "web"
+        } else if child {
+            "image children"
+        } else if program.ends_with("/worker") {
+            "worker"
+        } else if program.contains("postgres") {
+            "postgres"
+        } else if program.contains("redis-server") {
+            "redis"
+        } else if program.ends_with("garage") {
+            "garage (S3)"
+        } else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the name.
+        let ticks: f64 = fields[11..15]
+            .iter()
+            .filter_map(|f| f.parse::<f64>().ok())
+            .sum();
+        *parts.entry(part).or_insert(0.0) += ticks / tick;
+    }
+    parts
+}
+
+/// What each part spent between two readings of [`cpu_by_part`], per image, in ms.
+fn cpu_per_image(
+    before: &std::collections::BTreeMap<&'static str, f64>,
+    after: &std::collections::BTreeMap<&'static str, f64>,
+    images: usize,
+) -> String {
+    let mut total = 0.0;
+    let mut parts: Vec<String> = after
+        .iter()
+        .map(|(part, t)| {
+            let spent = (t - before.get(part).copied().unwrap_or(0.0)).max(0.0);
+            total += spent;
+            format!("{part} {:.2}", spent * 1000.0 / images as f64)
+        })
+        .collect();
+    parts.push(format!("all {:.2}", total * 1000.0 / images as f64));
+    parts.join(", ")
 }
