@@ -150,7 +150,7 @@ start_garage() {
   cat > "$conf" <<TOML
 metadata_dir = "$STATE/garage/meta"
 data_dir = "$STATE/garage/data"
-db_engine = "sqlite"
+db_engine = "lmdb"
 replication_factor = 1
 # Images and zips of images do not compress: zstd would only spend CPU on every PUT and GET.
 compression_level = "none"

@@ -1,27 +1,55 @@
-//! Builds the zip of a batch on disk, one entry at a time (never the whole archive in memory):
-//! every processed image under its cleaned, unique original name, plus a report of the files
-//! that failed and why.
+//! Builds the zip of a batch as a stream, one entry at a time (never the whole archive in
+//! memory): every processed image under its cleaned, unique original name, plus a report of the
+//! files that failed and why. The caller takes the bytes written so far after each entry
+//! ([`ArchiveWriter::take`]) and uploads them as parts, so the archive goes to storage while
+//! the next results are fetched, with no temporary file. Entries carry data descriptors (the
+//! writer cannot seek back), which every unzip tool reads.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
-use zip::write::SimpleFileOptions;
+use zip::write::{SimpleFileOptions, StreamWriter};
 use zip::{CompressionMethod, ZipWriter};
 
 use crate::names::REPORT_NAME;
 
-/// A zip being written to a file.
+/// The bytes written and not yet taken.
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Pending {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A zip being written as a stream.
 pub struct ArchiveWriter {
-    zip: ZipWriter<BufWriter<File>>,
+    zip: ZipWriter<StreamWriter<Pending>>,
+    pending: Pending,
+}
+
+impl Default for ArchiveWriter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ArchiveWriter {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        let file = File::create(path)?;
-        Ok(Self {
-            zip: ZipWriter::new(BufWriter::with_capacity(1 << 20, file)),
-        })
+    pub fn new() -> Self {
+        let pending = Pending::default();
+        Self {
+            zip: ZipWriter::new_stream(pending.clone()),
+            pending,
+        }
     }
 
     /// Adds one image; images are compressed already, so they are stored as they are.
@@ -44,10 +72,17 @@ impl ArchiveWriter {
         self.zip.write_all(report_text(failures).as_bytes())
     }
 
-    pub fn finish(self) -> std::io::Result<()> {
-        let mut inner = self.zip.finish().map_err(std::io::Error::other)?;
-        inner.flush()?;
-        inner.into_inner().map_err(|e| e.into_error())?.sync_all()
+    /// The bytes written since the last call.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.pending.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Ends the archive (the central directory); the last bytes.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        let Self { zip, pending } = self;
+        zip.finish().map_err(std::io::Error::other)?;
+        let rest = std::mem::take(&mut *pending.0.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(rest)
     }
 }
 
@@ -71,16 +106,19 @@ mod tests {
 
     #[test]
     fn entries_and_report_come_back_out() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a.zip");
-        let mut w = ArchiveWriter::create(&path).expect("create");
+        let mut w = ArchiveWriter::new();
+        let mut out = Vec::new();
         w.add_image("one.jpg", b"jpeg bytes").expect("add");
-        w.add_image("two (2).png", b"png bytes").expect("add");
+        out.extend(w.take());
+        assert!(out.len() > 10, "an entry is out as soon as it is added");
+        let big = vec![7u8; 3 << 20];
+        w.add_image("two (2).png", &big).expect("add");
+        out.extend(w.take());
         w.add_report(&[("bad.jpg".into(), "not an image".into())])
             .expect("report");
-        w.finish().expect("finish");
+        out.extend(w.finish().expect("finish"));
 
-        let mut zip = zip::ZipArchive::new(File::open(&path).expect("open")).expect("a zip");
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out)).expect("a zip");
         assert_eq!(zip.len(), 3);
         let mut s = String::new();
         zip.by_name(REPORT_NAME)
@@ -93,6 +131,6 @@ mod tests {
             .expect("entry")
             .read_to_end(&mut b)
             .expect("read");
-        assert_eq!(b, b"png bytes");
+        assert_eq!(b, big);
     }
 }

@@ -331,32 +331,28 @@ impl ImageWork {
 /// processing`. `None` when there is nothing to do (already done or failed, or the batch is no
 /// longer being processed).
 pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    // One statement (one round trip, atomic as a transaction would be).
     let row = sqlx::query(
-        "UPDATE images i SET attempts = i.attempts + 1
-         FROM batches b
-         WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
-           AND b.status IN ('uploading', 'queued', 'processing')
-         RETURNING i.batch_id, i.attempts, i.retries, b.pipeline",
+        "WITH started AS (
+             UPDATE images i SET attempts = i.attempts + 1
+             FROM batches b
+             WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
+               AND b.status IN ('uploading', 'queued', 'processing')
+             RETURNING i.batch_id, i.attempts, i.retries, b.pipeline
+         ), moved AS (
+             UPDATE batches SET status = 'processing', updated_at = now()
+             WHERE id = (SELECT batch_id FROM started) AND status = 'queued'
+         )
+         SELECT batch_id, attempts, retries, pipeline FROM started",
     )
     .bind(image)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(db)
     .await?;
     let Some(row) = row else {
-        tx.rollback().await?;
         return Ok(None);
     };
-    let batch: BatchId = row.try_get("batch_id")?;
-    sqlx::query(
-        "UPDATE batches SET status = 'processing', updated_at = now()
-         WHERE id = $1 AND status = 'queued'",
-    )
-    .bind(batch)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(Some(ImageWork {
-        batch,
+        batch: row.try_get("batch_id")?,
         image,
         pipeline: row.try_get("pipeline")?,
         attempts: row.try_get("attempts")?,
@@ -400,7 +396,6 @@ pub async fn finish_image(
     outcome: &ImageOutcome,
     worker: &str,
 ) -> Result<Finished, sqlx::Error> {
-    let mut tx = db.begin().await?;
     let (status, error, ext, bytes, width, height) = match outcome {
         ImageOutcome::Done {
             output_format,
@@ -424,13 +419,28 @@ pub async fn finish_image(
             None,
         ),
     };
+    let (done, failed) = match status {
+        ImageStatus::Done => (1, 0),
+        _ => (0, 1),
+    };
+    // One statement (one round trip, atomic as a transaction would be): the image, then its
+    // batch's counters; the update that counts the last image moves the batch to `archiving`.
     let row = sqlx::query(
-        "UPDATE images i SET status = $2, error = $3, output_format = $4, output_bytes = $5,
-                             width = $6, height = $7, processed_by = $8, finished_at = now()
-         FROM batches b
-         WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
-           AND b.status IN ('uploading', 'queued', 'processing')
-         RETURNING i.batch_id",
+        "WITH finished AS (
+             UPDATE images i SET status = $2, error = $3, output_format = $4, output_bytes = $5,
+                                 width = $6, height = $7, processed_by = $8, finished_at = now()
+             FROM batches b
+             WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
+               AND b.status IN ('uploading', 'queued', 'processing')
+             RETURNING i.batch_id
+         )
+         UPDATE batches SET done_count = done_count + $9, failed_count = failed_count + $10,
+                updated_at = now(),
+                status = CASE WHEN done_count + failed_count + 1 = total
+                              AND status IN ('queued', 'processing')
+                         THEN 'archiving' ELSE status END
+         WHERE id = (SELECT batch_id FROM finished)
+         RETURNING id, status = 'archiving' AND done_count + failed_count = total AS completed",
     )
     .bind(image)
     .bind(status.as_str())
@@ -440,7 +450,9 @@ pub async fn finish_image(
     .bind(width)
     .bind(height)
     .bind(worker)
-    .fetch_optional(&mut *tx)
+    .bind(done)
+    .bind(failed)
+    .fetch_optional(db)
     .await?;
     let Some(row) = row else {
         // Gone with its batch, or its batch ended without it: abandoned. Otherwise finished
@@ -450,36 +462,15 @@ pub async fn finish_image(
              FROM images i JOIN batches b ON b.id = i.batch_id WHERE i.id = $1",
         )
         .bind(image)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(db)
         .await?;
-        tx.rollback().await?;
         return Ok(match live {
             Some(true) => Finished::Already,
             _ => Finished::Abandoned,
         });
     };
-    let batch: BatchId = row.try_get("batch_id")?;
-    let (done, failed) = match status {
-        ImageStatus::Done => (1, 0),
-        _ => (0, 1),
-    };
-    let completed: bool = sqlx::query_scalar(
-        "UPDATE batches SET done_count = done_count + $2, failed_count = failed_count + $3,
-                updated_at = now(),
-                status = CASE WHEN done_count + failed_count + 1 = total
-                              AND status IN ('queued', 'processing')
-                         THEN 'archiving' ELSE status END
-         WHERE id = $1
-         RETURNING status = 'archiving' AND done_count + failed_count = total",
-    )
-    .bind(batch)
-    .bind(done)
-    .bind(failed)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(if completed {
-        Finished::Completed(batch)
+    Ok(if row.try_get("completed")? {
+        Finished::Completed(row.try_get("id")?)
     } else {
         Finished::Counted
     })

@@ -2,7 +2,6 @@
 //! results and archives. Keys come from generated ids only (see `domain::keys`). Deleting what is
 //! already gone is success.
 
-use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -267,57 +266,6 @@ impl Storage {
             multipart: None,
             written: 0,
         }
-    }
-
-    /// Uploads a local file, in parts when it is large.
-    pub async fn put_file(
-        &self,
-        key: &str,
-        path: &Path,
-        content_type: &'static str,
-    ) -> Result<u64, StorageError> {
-        let len = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| StorageError::other("put file", e.to_string()))?
-            .len();
-        if len <= PART_SIZE as u64 {
-            let body = tokio::fs::read(path)
-                .await
-                .map_err(|e| StorageError::other("put file", e.to_string()))?;
-            self.put(key, Bytes::from(body), content_type).await?;
-            return Ok(len);
-        }
-        let upload_id = self.create_multipart(key, content_type).await?;
-        let result = async {
-            use tokio::io::AsyncReadExt;
-            let io = |e: std::io::Error| StorageError::other("put file", e.to_string());
-            let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-            let mut parts = Vec::new();
-            let mut number = 1;
-            loop {
-                // One part in memory at a time.
-                let mut part = Vec::with_capacity(PART_SIZE);
-                let read = (&mut file)
-                    .take(PART_SIZE as u64)
-                    .read_to_end(&mut part)
-                    .await
-                    .map_err(io)?;
-                if read == 0 {
-                    break;
-                }
-                parts.push(
-                    self.upload_part(key, &upload_id, number, ByteStream::from(part))
-                        .await?,
-                );
-                number += 1;
-            }
-            self.complete_multipart(key, &upload_id, parts).await
-        }
-        .await;
-        if result.is_err() {
-            self.abort_multipart(key, &upload_id).await;
-        }
-        result.map(|()| len)
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {

@@ -825,7 +825,11 @@ async fn choices_sent_before_the_files_start_the_images_while_the_rest_upload() 
     let (code, summary) = sys.summary(&id).await.expect("answers");
     assert_eq!(code, 200);
     assert_eq!(summary["done"], 2, "{summary}");
-    assert_eq!(summary["images"], json!([]), "?images=false leaves them out");
+    assert_eq!(
+        summary["images"],
+        json!([]),
+        "?images=false leaves them out"
+    );
     let (_, zip) = sys.download(&id).await.expect("downloads");
     let entries = unzip(&zip);
     assert_eq!(entries.len(), 2);

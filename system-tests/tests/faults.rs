@@ -600,8 +600,9 @@ async fn three_replicas_purge_each_expired_batch_exactly_once() {
             .expect("final");
         checks::verify_batch(&sys, id, sent).await.expect("right");
     }
-    // A batch that is still being processed while the six expire and are purged.
-    let slow = batch("slow", 40, true);
+    // A batch that is still being processed while the six expire and are purged: 120 images of
+    // half a second on 6 slots, some 10 s of work, while the six expire 3 s after they finished.
+    let slow = batch("slow", 120, true);
     let busy = sys
         .submit_ok(&files(&slow), Some(&checks::pipeline()))
         .await
@@ -665,7 +666,7 @@ async fn three_replicas_purge_each_expired_batch_exactly_once() {
         .count("SELECT count(DISTINCT claimed_by) FROM cron_ticks WHERE job = 'purge'")
         .await;
     println!(
-        "three replicas: 6 expired batches purged exactly once each (the purge ticks were won by {replicas} of the 3 replicas); the batch in progress (40 images) finished whole"
+        "three replicas: 6 expired batches purged exactly once each (the purge ticks were won by {replicas} of the 3 replicas); the batch in progress (120 images) finished whole"
     );
     sys.shutdown().await;
 }

@@ -209,33 +209,59 @@ async fn receive_into(
     Ok(Received { batch, status })
 }
 
-/// Records the images of an upload whose choices came first, in the background and as many at a
-/// time as were stored since the last commit, so that storing the next file does not wait on
-/// Postgres; then asks for a dispatch. Dropped on an error, it records what it was given and
-/// stops.
+/// Records the images of an upload whose choices came first, in the background, and asks for
+/// a dispatch after each commit, so that storing the next file does not wait on Postgres. Small
+/// files are recorded in groups (up to [`GROUP_FILES`], or what arrived within [`GROUP_WAIT`]
+/// of the first), since one transaction and one dispatch per tiny image cost more than they
+/// gain; a file of [`GROUP_BYTES`] or more goes at once. Dropped on an error, it records what it
+/// was given and stops.
 struct Recorder {
     queue: tokio::sync::mpsc::UnboundedSender<(usize, NewImage)>,
     task: tokio::task::JoinHandle<Result<(), sqlx::Error>>,
 }
 
 /// Most images recorded in one transaction.
-const RECORD_AT_ONCE: usize = 500;
+const GROUP_FILES: usize = 64;
+/// A group this large (in input bytes) is recorded without waiting for more.
+const GROUP_BYTES: i64 = 256 * 1024;
+/// How long the first image of a group waits for others.
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(40);
 
 impl Recorder {
     fn start(state: &AppState, batch: BatchId) -> Self {
-        let (queue, mut stored) = tokio::sync::mpsc::unbounded_channel();
+        let (queue, mut stored) = tokio::sync::mpsc::unbounded_channel::<(usize, NewImage)>();
         let db = state.db.clone();
         let dispatch = state.dispatch.clone();
         let task = tokio::spawn(async move {
-            let mut ready = Vec::new();
-            while stored.recv_many(&mut ready, RECORD_AT_ONCE).await > 0 {
-                db::add_images(&db, batch, &ready).await?;
-                if ready.iter().any(|(_, image)| image.rejected.is_none()) {
-                    dispatch.request();
+            let mut group: Vec<(usize, NewImage)> = Vec::new();
+            let mut deadline = tokio::time::Instant::now();
+            loop {
+                let open = if group.is_empty() {
+                    let open = stored.recv_many(&mut group, GROUP_FILES).await > 0;
+                    deadline = tokio::time::Instant::now() + GROUP_WAIT;
+                    open
+                } else {
+                    let room = GROUP_FILES.saturating_sub(group.len()).max(1);
+                    tokio::select! {
+                        n = stored.recv_many(&mut group, room) => n > 0,
+                        () = tokio::time::sleep_until(deadline) => true,
+                    }
+                };
+                let bytes: i64 = group.iter().map(|(_, image)| image.input_bytes).sum();
+                let full = group.len() >= GROUP_FILES
+                    || bytes >= GROUP_BYTES
+                    || tokio::time::Instant::now() >= deadline;
+                if !group.is_empty() && (full || !open) {
+                    db::add_images(&db, batch, &group).await?;
+                    if group.iter().any(|(_, image)| image.rejected.is_none()) {
+                        dispatch.request();
+                    }
+                    group.clear();
                 }
-                ready.clear();
+                if !open {
+                    return Ok(());
+                }
             }
-            Ok(())
         });
         Self { queue, task }
     }

@@ -282,6 +282,28 @@ async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResu
     Ok(())
 }
 
+/// Streams the zip of `results` (named `names`, in order) and the report of `failures` into
+/// `upload`.
+async fn write_archive(
+    mut results: impl futures::Stream<Item = Result<bytes::Bytes, jobs::storage::StorageError>> + Unpin,
+    names: &[String],
+    failures: &[(String, String)],
+    upload: &mut jobs::storage::Upload,
+) -> JobResult {
+    let mut zip = jobs::archive::ArchiveWriter::new();
+    let mut names = names.iter();
+    while let Some(bytes) = results.try_next().await? {
+        let name = names.next().expect("one name per result");
+        zip.add_image(name, &bytes)?;
+        upload.push(&zip.take()).await?;
+    }
+    if !failures.is_empty() {
+        zip.add_report(failures)?;
+    }
+    upload.push(&zip.finish()?).await?;
+    Ok(())
+}
+
 /// Builds the zip of a complete batch, stores it, and marks the batch done (or failed, when no
 /// image could be processed). Running it twice is harmless.
 pub async fn build_archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
@@ -333,36 +355,27 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
     }
 
     let names = unique_entry_names(done.iter().map(|(e, f)| (e.name.as_str(), *f)));
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("result.zip");
-    let mut zip = jobs::archive::ArchiveWriter::create(&path)?;
-    // Results are fetched several at a time, in order, while the zip takes them one by one.
+    // Results are fetched several at a time, in order, while the zip takes them one by one and
+    // goes to storage in parts as it grows: no temporary file, at most a part in memory.
     let keys: Vec<String> = done
         .iter()
         .map(|(entry, format)| keys::output(batch, entry.id, format.ext()))
         .collect();
     let storage = ctx.storage.clone();
-    let mut fetched = futures::stream::iter(keys)
+    let fetched = futures::stream::iter(keys)
         .map(move |key| {
             let storage = storage.clone();
             async move { storage.get(&key).await }
         })
         .buffered(ARCHIVE_FETCHES);
-    let mut names = names.iter();
-    while let Some(bytes) = fetched.try_next().await? {
-        let name = names.next().expect("one name per result");
-        tokio::task::block_in_place(|| zip.add_image(name, &bytes))?;
-    }
-    tokio::task::block_in_place(|| -> std::io::Result<()> {
-        if !failures.is_empty() {
-            zip.add_report(&failures)?;
+    let mut upload = ctx.storage.upload(keys::archive(batch), "application/zip");
+    let bytes = match write_archive(fetched, &names, &failures, &mut upload).await {
+        Ok(()) => upload.finish().await?,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
         }
-        zip.finish()
-    })?;
-    let bytes = ctx
-        .storage
-        .put_file(&keys::archive(batch), &path, "application/zip")
-        .await?;
+    };
     if db::mark_archived(&ctx.db, batch, bytes as i64, ttl).await? {
         tracing::info!(%batch, images = done.len(), failed = failures.len(), bytes,
             ms = started.elapsed().as_millis() as u64, "batch archived");
