@@ -313,7 +313,10 @@ async fn store_reads() -> anyhow::Result<()> {
 }
 
 /// CPU time (user + system) used so far by the processes of each part of the system, read from
-/// `/proc`: the web server, the workers with their image children, Postgres, Redis, Garage.
+/// `/proc`: the web server, the workers, their image children, Postgres, Redis, Garage. A live
+/// image child's time is read from it; once it exits and is reaped, its whole time is in its
+/// worker's `cutime`, which counts for the image children too, so the difference between two
+/// readings is what the children spent in between either way.
 fn cpu_by_part() -> std::collections::BTreeMap<&'static str, f64> {
     let tick = 100.0; // USER_HZ on Linux
     let mut parts = std::collections::BTreeMap::new();
@@ -351,12 +354,22 @@ fn cpu_by_part() -> std::collections::BTreeMap<&'static str, f64> {
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the name.
-        let ticks: f64 = fields[11..15]
-            .iter()
-            .filter_map(|f| f.parse::<f64>().ok())
-            .sum();
-        *parts.entry(part).or_insert(0.0) += ticks / tick;
+        // utime, stime (own) and cutime, cstime (of exited children) are fields 14-17 of
+        // stat, 12-15 after the name. What a worker's exited children spent (image children
+        // replaced after IMAGE_CHILD_MAX_IMAGES) counts for the image children.
+        let ticks = |range: std::ops::Range<usize>| -> f64 {
+            fields[range]
+                .iter()
+                .filter_map(|f| f.parse::<f64>().ok())
+                .sum::<f64>()
+                / tick
+        };
+        if part == "worker" {
+            *parts.entry(part).or_insert(0.0) += ticks(11..13);
+            *parts.entry("image children").or_insert(0.0) += ticks(13..15);
+        } else {
+            *parts.entry(part).or_insert(0.0) += ticks(11..15);
+        }
     }
     parts
 }
