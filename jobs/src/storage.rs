@@ -256,13 +256,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Starts a streamed upload: parts of `PART_SIZE` go up as they fill.
+    /// Starts a streamed upload: parts of [`PART_SIZE`] go up as they fill.
     pub fn upload(&self, key: String, content_type: &'static str) -> Upload {
         Upload {
             storage: self.clone(),
             key,
             content_type,
             buffer: BytesMut::new(),
+            part_size: PART_SIZE,
             multipart: None,
             written: 0,
         }
@@ -482,17 +483,46 @@ impl Storage {
     }
 }
 
-/// A streamed upload of one object: at most one part is held in memory.
+/// A streamed upload of one object. Parts go up in the background, at most
+/// [`PARTS_IN_FLIGHT`] at once, so the caller goes on producing the next part meanwhile; at most
+/// that many parts plus the one filling are held in memory.
 pub struct Upload {
     storage: Storage,
     key: String,
     content_type: &'static str,
     buffer: BytesMut,
-    multipart: Option<(String, Vec<CompletedPart>)>,
+    part_size: usize,
+    multipart: Option<Multipart>,
     written: u64,
 }
 
+/// Parts uploaded at once by one [`Upload`].
+pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// The smallest part S3 accepts (but for the last).
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+struct Multipart {
+    id: String,
+    sent: Vec<CompletedPart>,
+    sending:
+        std::collections::VecDeque<tokio::task::JoinHandle<Result<CompletedPart, StorageError>>>,
+}
+
+async fn joined(
+    part: tokio::task::JoinHandle<Result<CompletedPart, StorageError>>,
+) -> Result<CompletedPart, StorageError> {
+    part.await
+        .map_err(|e| StorageError::other("upload part", e.to_string()))?
+}
+
 impl Upload {
+    /// Parts of `bytes` (at least [`MIN_PART_SIZE`]) instead of [`PART_SIZE`].
+    pub fn part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(MIN_PART_SIZE);
+        self
+    }
+
     /// Bytes received so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -506,7 +536,7 @@ impl Upload {
     pub async fn push(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
         self.buffer.extend_from_slice(chunk);
         self.written += chunk.len() as u64;
-        if self.buffer.len() >= PART_SIZE {
+        if self.buffer.len() >= self.part_size {
             self.flush_part().await?;
         }
         Ok(())
@@ -518,44 +548,66 @@ impl Upload {
                 .storage
                 .create_multipart(&self.key, self.content_type)
                 .await?;
-            self.multipart = Some((id, Vec::new()));
+            self.multipart = Some(Multipart {
+                id,
+                sent: Vec::new(),
+                sending: Default::default(),
+            });
+        }
+        let multipart = self.multipart.as_mut().expect("multipart started above");
+        if multipart.sending.len() >= PARTS_IN_FLIGHT {
+            let oldest = multipart.sending.pop_front().expect("parts in flight");
+            multipart.sent.push(joined(oldest).await?);
         }
         let body = self.buffer.split().freeze();
-        let (id, parts) = self.multipart.as_mut().expect("multipart started above");
-        let number = parts.len() as i32 + 1;
-        let part = self
-            .storage
-            .upload_part(&self.key, id, number, ByteStream::from(body))
-            .await?;
-        parts.push(part);
+        let number = (multipart.sent.len() + multipart.sending.len()) as i32 + 1;
+        let (storage, key, id) = (self.storage.clone(), self.key.clone(), multipart.id.clone());
+        multipart.sending.push_back(tokio::spawn(async move {
+            storage
+                .upload_part(&key, &id, number, ByteStream::from(body))
+                .await
+        }));
         Ok(())
     }
 
     /// Writes what is left and completes the object.
     pub async fn finish(mut self) -> Result<u64, StorageError> {
-        match self.multipart.is_some() {
-            false => {
-                let body = self.buffer.split().freeze();
-                self.storage.put(&self.key, body, self.content_type).await?;
+        if self.multipart.is_none() {
+            let body = self.buffer.split().freeze();
+            self.storage.put(&self.key, body, self.content_type).await?;
+            return Ok(self.written);
+        }
+        let result = async {
+            if !self.buffer.is_empty() {
+                self.flush_part().await?;
             }
-            true => {
-                if !self.buffer.is_empty() {
-                    self.flush_part().await?;
-                }
-                let (id, parts) = self.multipart.take().expect("multipart is some");
-                if let Err(e) = self.storage.complete_multipart(&self.key, &id, parts).await {
-                    self.storage.abort_multipart(&self.key, &id).await;
-                    return Err(e);
-                }
+            let multipart = self.multipart.as_mut().expect("multipart is some");
+            while let Some(part) = multipart.sending.pop_front() {
+                multipart.sent.push(joined(part).await?);
             }
+            let parts = std::mem::take(&mut multipart.sent);
+            self.storage
+                .complete_multipart(&self.key, &multipart.id, parts)
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            self.abort().await;
+            return Err(e);
         }
         Ok(self.written)
     }
 
     /// Gives up: nothing of this object is left behind.
     pub async fn abort(mut self) {
-        if let Some((id, _)) = self.multipart.take() {
-            self.storage.abort_multipart(&self.key, &id).await;
+        if let Some(multipart) = self.multipart.take() {
+            for part in &multipart.sending {
+                part.abort();
+            }
+            for part in multipart.sending {
+                let _ = part.await;
+            }
+            self.storage.abort_multipart(&self.key, &multipart.id).await;
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Receiving a batch: the multipart body is streamed file by file to storage (at most one part
-//! of one file in memory), each file's type is sniffed from its first bytes, limits are enforced
-//! as the bytes arrive, and the pipeline is validated before anything is enqueued. A refused or
-//! broken upload leaves nothing behind.
+//! Receiving a batch: the multipart body is streamed file by file to storage (at most three
+//! parts of one file in memory: two uploading, one filling), each file's type is sniffed from
+//! its first bytes, limits are enforced as the bytes arrive, and the pipeline is validated
+//! before anything is enqueued. When the choices come before the files, each image is recorded
+//! and dispatched as soon as it is stored. A refused or broken upload leaves nothing behind.
 
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use serde_json::{Map, Value};
@@ -223,7 +224,7 @@ struct Recorder {
 /// Most images recorded in one transaction.
 const GROUP_FILES: usize = 64;
 /// A group this large (in input bytes) is recorded without waiting for more.
-const GROUP_BYTES: i64 = 256 * 1024;
+const GROUP_BYTES: i64 = 1024 * 1024;
 /// How long the first image of a group waits for others.
 const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(40);
 

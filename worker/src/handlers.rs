@@ -356,7 +356,7 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
 
     let names = unique_entry_names(done.iter().map(|(e, f)| (e.name.as_str(), *f)));
     // Results are fetched several at a time, in order, while the zip takes them one by one and
-    // goes to storage in parts as it grows: no temporary file, at most a part in memory.
+    // goes to storage in parts as it grows: no temporary file, at most three parts in memory.
     let keys: Vec<String> = done
         .iter()
         .map(|(entry, format)| keys::output(batch, entry.id, format.ext()))
@@ -368,7 +368,11 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
             async move { storage.get(&key).await }
         })
         .buffered(ARCHIVE_FETCHES);
-    let mut upload = ctx.storage.upload(keys::archive(batch), "application/zip");
+    // The smallest parts, so that the first goes up while the rest is still being fetched.
+    let mut upload = ctx
+        .storage
+        .upload(keys::archive(batch), "application/zip")
+        .part_size(jobs::storage::MIN_PART_SIZE);
     let bytes = match write_archive(fetched, &names, &failures, &mut upload).await {
         Ok(()) => upload.finish().await?,
         Err(e) => {

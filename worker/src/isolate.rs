@@ -35,6 +35,9 @@ pub const CHILD_ARG: &str = "__image-child";
 const FAULTS_ENV: &str = "WORKER_FAULT_INJECTION";
 /// Largest answer header a child may send.
 const MAX_HEADER: usize = 64 * 1024;
+/// Size asked for the pipes to and from a child.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
 /// How many batches' prepared pipelines a child keeps.
 const PREPARED_KEPT: usize = 4;
 /// How much of a child's stderr is kept to explain its death.
@@ -160,6 +163,16 @@ impl Pool {
         let mut process = cmd.spawn()?;
         let stdin = process.stdin.take().expect("piped stdin");
         let stdout = process.stdout.take().expect("piped stdout");
+        // Images go through these pipes: at 1 MiB rather than Linux's 64 KiB, a 2 MP JPEG
+        // crosses in one go instead of thirty handovers between the two processes.
+        for fd in [
+            std::os::fd::AsRawFd::as_raw_fd(&stdin),
+            std::os::fd::AsRawFd::as_raw_fd(&stdout),
+        ] {
+            // SAFETY: F_SETPIPE_SZ on a pipe this process owns; failure (a lower
+            // /proc/sys/fs/pipe-max-size) only leaves the default size.
+            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+        }
         let mut stderr = process.stderr.take().expect("piped stderr");
         // The child's last words, kept to explain its death (and drained, so that it never
         // blocks on a full pipe).

@@ -200,6 +200,11 @@ async fn timed_batch(
         status["status"] == "done" && status["done"] == files.len(),
         "batch did not succeed: {status}"
     );
+    // The zip (streamed to storage in parts) holds every result.
+    let (code, zip) = sys.download(&id).await?;
+    anyhow::ensure!(code == 200, "download answered {code}");
+    let entries = zip::ZipArchive::new(std::io::Cursor::new(zip))?.len();
+    anyhow::ensure!(entries == files.len(), "the zip has {entries} entries");
     Ok((upload, total))
 }
 
