@@ -280,9 +280,9 @@ fn pipeline_cpu(files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
 async fn store_reads() -> anyhow::Result<()> {
     use jobs::storage::{Storage, StorageConfig};
     let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
-    let config = |reuse| -> anyhow::Result<StorageConfig> {
+    let config = |endpoint: String, reuse| -> anyhow::Result<StorageConfig> {
         Ok(StorageConfig {
-            endpoint: Some(var("S3_ENDPOINT")?),
+            endpoint: Some(endpoint),
             region: var("S3_REGION")?,
             bucket: var("S3_BUCKET")?,
             access_key_id: var("S3_ACCESS_KEY_ID")?,
@@ -291,27 +291,46 @@ async fn store_reads() -> anyhow::Result<()> {
             reuse_connections: reuse,
         })
     };
-    let (reused, fresh) = (
-        Storage::from_config(config(true)?),
-        Storage::from_config(config(false)?),
-    );
-    print!("store GETs, mean of 30 in a row (reused connection / fresh connection):");
+    let direct = var("S3_ENDPOINT")?;
+    let mut ways = vec![
+        (
+            "reused connection",
+            Storage::from_config(config(direct.clone(), true)?),
+        ),
+        (
+            "fresh connection",
+            Storage::from_config(config(direct, false)?),
+        ),
+    ];
+    // scripts/bench starts nginx in front of the store: reused connections to it.
+    if let Ok(proxy) = std::env::var("BENCH_S3_PROXY") {
+        ways.push((
+            "reused, through nginx",
+            Storage::from_config(config(proxy, true)?),
+        ));
+    }
+    let labels: Vec<&str> = ways.iter().map(|(label, _)| *label).collect();
+    print!("store GETs, mean of 30 in a row ({}):", labels.join(" / "));
     for size in [3_000usize, 50_000, 400_000, 2_000_000] {
         let key = format!("bench/read-{size}");
-        reused
+        let store = &ways[0].1;
+        store
             .put(&key, vec![7u8; size].into(), "application/octet-stream")
             .await?;
         let mut means = Vec::new();
-        for storage in [&reused, &fresh] {
+        for (_, storage) in &ways {
             storage.get(&key).await?; // connect once
             let started = Instant::now();
             for _ in 0..30 {
                 storage.get(&key).await?;
             }
-            means.push(started.elapsed().as_secs_f64() * 1000.0 / 30.0);
+            means.push(format!(
+                "{:.1}",
+                started.elapsed().as_secs_f64() * 1000.0 / 30.0
+            ));
         }
-        reused.delete_prefix(&key).await?;
-        print!("  {} KB {:.1} / {:.1} ms", size / 1000, means[0], means[1]);
+        store.delete_prefix(&key).await?;
+        print!("  {} KB {} ms", size / 1000, means.join(" / "));
     }
     println!();
     Ok(())
