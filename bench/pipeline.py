@@ -100,6 +100,7 @@ def main():
                 capture_output=True, text=True, check=True,
             ).stdout
             dbs = [float(v) for v in re.findall(r"psnr ([0-9.]+) dB", listing)]
+            paths = sorted(set(re.findall(r"(\w+) path", listing)))
             quality = f"  PSNR min {min(dbs):.1f} dB" if dbs else ""
         a, b = statistics.median(theirs), statistics.median(ours)
         print(
@@ -111,7 +112,8 @@ def main():
             p = statistics.median(planar)
             print(
                 f"{'  (the planar path instead)':<32} {'':>8} {p:>8.1f} {a / p:>5.2f}x "
-                f"{'':>12} {rss_planar:>5.0f} MiB  DCT path / planar path: {b / p:.2f} of the time",
+                f"{'':>12} {rss_planar:>5.0f} MiB  ours took the {' and '.join(paths)} path: "
+                f"{b / p:.2f} of the planar path's time",
                 flush=True,
             )
 

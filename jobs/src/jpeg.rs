@@ -135,6 +135,7 @@ pub(crate) fn process_planar(
         format: Format::Jpeg,
         width: w as u32,
         height: h as u32,
+        path: "planar",
     }))
 }
 

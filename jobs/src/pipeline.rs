@@ -187,6 +187,8 @@ pub struct Output {
     pub format: Format,
     pub width: u32,
     pub height: u32,
+    /// The path that made it: `"dct"`, `"planar"` or `"pixels"` (for logs and the benchmark).
+    pub path: &'static str,
 }
 
 /// A pipeline made ready for one batch (each step prepared with the batch's assets), applied to
@@ -306,6 +308,7 @@ pub fn process_pixels(
         format,
         width: image.width(),
         height: image.height(),
+        path: "pixels",
     })
 }
 

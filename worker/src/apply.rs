@@ -138,12 +138,13 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
                             String::new()
                         };
                         Ok(format!(
-                            "{} -> {} ({} × {}, {} bytes{quality})",
+                            "{} -> {} ({} × {}, {} bytes, {} path{quality})",
                             path.display(),
                             target.display(),
                             out.width,
                             out.height,
-                            out.bytes.len()
+                            out.bytes.len(),
+                            out.path
                         ))
                     });
                 let line = match line {

@@ -241,12 +241,13 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         Outcome::Failed(reason) => return Ok(Attempt::Ended(ImageOutcome::Failed { reason })),
         Outcome::Lost(why) => return Ok(Attempt::Lost(why)),
     };
+    let path = output.path;
     let key = keys::output(work.batch, work.image, output.format.ext());
     let size = output.bytes.len() as i64;
     ctx.storage
         .put(&key, output.bytes.into(), output.format.mime())
         .await?;
-    tracing::debug!(batch = %work.batch, image = %work.image, ms = started.elapsed().as_millis() as u64, "image processed");
+    tracing::debug!(batch = %work.batch, image = %work.image, path, ms = started.elapsed().as_millis() as u64, "image processed");
     Ok(Attempt::Ended(ImageOutcome::Done {
         output_format: output.format.as_str().to_owned(),
         output_bytes: size,

@@ -293,6 +293,11 @@ async fn read_answer(stdout: &mut ChildStdout) -> std::io::Result<Outcome> {
         format,
         width: dim("width")?,
         height: dim("height")?,
+        path: match header["path"].as_str() {
+            Some("dct") => "dct",
+            Some("planar") => "planar",
+            _ => "pixels",
+        },
     }))
 }
 
@@ -351,7 +356,7 @@ fn child(args: &[String]) -> Result<(), String> {
         };
         let (header, body) = match answer {
             Ok(out) => (
-                json!({"format": out.format.as_str(), "width": out.width, "height": out.height,
+                json!({"format": out.format.as_str(), "width": out.width, "height": out.height, "path": out.path,
                        "bytes": out.bytes.len()}),
                 out.bytes,
             ),
