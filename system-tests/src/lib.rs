@@ -366,20 +366,17 @@ impl System {
 
     /// `GET /api/batches/{id}?images=false`: the batch without its list of images.
     pub async fn summary(&self, id: &str) -> anyhow::Result<(u16, Value)> {
-        let res = self
-            .http
-            .get(self.url(&format!("/api/batches/{id}?images=false")))
-            .send()
-            .await?;
-        Ok((res.status().as_u16(), res.json().await?))
+        self.get_json(&format!("/api/batches/{id}?images=false"))
+            .await
     }
 
     pub async fn status(&self, id: &str) -> anyhow::Result<(u16, Value)> {
-        let res = self
-            .http
-            .get(self.url(&format!("/api/batches/{id}")))
-            .send()
-            .await?;
+        self.get_json(&format!("/api/batches/{id}")).await
+    }
+
+    /// `GET path`: the answer's status and JSON.
+    async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let res = self.http.get(self.url(path)).send().await?;
         Ok((res.status().as_u16(), res.json().await?))
     }
 
