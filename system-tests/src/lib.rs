@@ -382,20 +382,26 @@ impl System {
 
     /// Polls the API until the batch is done, failed or expired (at most `limit`).
     pub async fn wait_final(&self, id: &str, limit: Duration) -> anyhow::Result<Value> {
-        self.wait_final_polling(id, limit, Duration::from_millis(100))
+        self.wait_final_polling(id, limit, Duration::from_millis(100), true)
             .await
     }
 
-    /// [`Self::wait_final`], asking every `every`.
+    /// [`Self::wait_final`], asking every `every`, with the list of images or without it
+    /// ([`Self::summary`], which costs a large batch far less to answer).
     pub async fn wait_final_polling(
         &self,
         id: &str,
         limit: Duration,
         every: Duration,
+        images: bool,
     ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
-            let (code, body) = self.status(id).await?;
+            let (code, body) = if images {
+                self.status(id).await?
+            } else {
+                self.summary(id).await?
+            };
             if code == 200 && matches!(body["status"].as_str(), Some("done" | "failed" | "expired"))
             {
                 return Ok(body);

@@ -211,15 +211,7 @@ async fn timed_batch(
 /// Polls every [`POLL`] without the list of images (which would cost a 2,000-image batch more
 /// than its processing); the last answer.
 async fn wait(sys: &System, id: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
-    let started = Instant::now();
-    loop {
-        let (code, body) = sys.summary(id).await?;
-        if code == 200 && matches!(body["status"].as_str(), Some("done" | "failed" | "expired")) {
-            return Ok(body);
-        }
-        anyhow::ensure!(started.elapsed() < limit, "batch {id} not finished: {body}");
-        tokio::time::sleep(POLL).await;
-    }
+    sys.wait_final_polling(id, limit, POLL, false).await
 }
 
 /// The first `count` files of a workload set, repeated under new names when it has fewer.
