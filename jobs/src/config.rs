@@ -47,11 +47,6 @@ pub struct Settings {
     #[arg(long, env = "S3_FORCE_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub s3_force_path_style: bool,
 
-    /// Reuse kept-alive connections to S3 for reads. Set `false` with Garage: it answers a GET
-    /// of an object of about 16 KB to 1 MB on a reused connection only after about 40 ms.
-    #[arg(long, env = "S3_REUSE_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub s3_reuse_connections: bool,
-
     /// Seconds a finished batch and its download stay available before the purge deletes them.
     #[arg(long, env = "RESULT_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub result_ttl_seconds: u64,

@@ -14,6 +14,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod queue;
 pub mod recent;
+mod s3http;
 pub mod signals;
 pub mod storage;
 pub mod tasks;

@@ -14,6 +14,8 @@ use secrecy::ExposeSecret;
 
 use crate::Settings;
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Size of one multipart part: the most an upload buffers in memory per file.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -93,9 +95,6 @@ where
 #[derive(Clone, Debug)]
 pub struct Storage {
     client: Client,
-    /// The client for reading objects: `client` itself, or one that opens a connection per
-    /// request when `reuse_connections` is off (see [`StorageConfig::reuse_connections`]).
-    reader: Client,
     bucket: String,
 }
 
@@ -108,11 +107,8 @@ pub struct StorageConfig {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub force_path_style: bool,
-    /// Whether reads reuse kept-alive connections. Garage (2.5) answers a GET of an object of
-    /// about 16 KB to 1 MB on a reused connection only after about 40 ms (it does not set
-    /// `TCP_NODELAY`, and Nagle meets the client's delayed ACK); a fresh connection gets it in
-    /// a millisecond or two. Off for such servers (`S3_REUSE_CONNECTIONS=false`).
-    pub reuse_connections: bool,
+    /// How connections to the store are made and kept.
+    pub connections: Connections,
 }
 
 impl StorageConfig {
@@ -124,7 +120,29 @@ impl StorageConfig {
             access_key_id: settings.s3_access_key_id.clone(),
             secret_access_key: settings.s3_secret_access_key.expose_secret().to_owned(),
             force_path_style: settings.s3_force_path_style,
-            reuse_connections: settings.s3_reuse_connections,
+            connections: Connections::for_endpoint(settings.s3_endpoint.as_deref()),
+        }
+    }
+}
+
+/// How the client connects to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Kept alive, acknowledging every read at once ([`crate::s3http`]): plain-HTTP endpoints,
+    /// where Garage would otherwise stall reads on reused connections.
+    QuickAck,
+    /// The SDK's own client, kept alive: `https://` endpoints and AWS.
+    Sdk,
+    /// The SDK's client with a new connection per request. Only for comparison (the bench):
+    /// the old way around Garage's stall.
+    Fresh,
+}
+
+impl Connections {
+    pub fn for_endpoint(endpoint: Option<&str>) -> Self {
+        match endpoint {
+            Some(e) if e.starts_with("http://") => Self::QuickAck,
+            _ => Self::Sdk,
         }
     }
 }
@@ -157,7 +175,7 @@ impl Storage {
             )
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .operation_attempt_timeout(Duration::from_secs(60))
                     .build(),
             )
@@ -165,22 +183,25 @@ impl Storage {
         if let Some(endpoint) = config.endpoint.as_deref().filter(|e| !e.is_empty()) {
             conf = conf.endpoint_url(endpoint);
         }
-        let client = Client::from_conf(conf.clone().build());
-        let reader = if config.reuse_connections {
-            client.clone()
-        } else {
-            use aws_smithy_http_client::tls;
-            let no_reuse = aws_smithy_http_client::Builder::new()
-                .pool_max_idle_per_host(0)
-                .tls_provider(tls::Provider::Rustls(
-                    tls::rustls_provider::CryptoMode::AwsLc,
-                ))
-                .build_https();
-            Client::from_conf(conf.http_client(no_reuse).build())
-        };
+        match config.connections {
+            Connections::Sdk => {}
+            Connections::QuickAck => {
+                conf = conf.http_client(crate::s3http::quick_ack_client(CONNECT_TIMEOUT));
+            }
+            Connections::Fresh => {
+                use aws_smithy_http_client::tls;
+                conf = conf.http_client(
+                    aws_smithy_http_client::Builder::new()
+                        .pool_max_idle_per_host(0)
+                        .tls_provider(tls::Provider::Rustls(
+                            tls::rustls_provider::CryptoMode::AwsLc,
+                        ))
+                        .build_https(),
+                );
+            }
+        }
         Self {
-            client,
-            reader,
+            client: Client::from_conf(conf.build()),
             bucket: config.bucket,
         }
     }
@@ -271,7 +292,7 @@ impl Storage {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let out = self
-            .reader
+            .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -289,7 +310,7 @@ impl Storage {
     /// Streams an object: its body and its length.
     pub async fn get_stream(&self, key: &str) -> Result<(ByteStream, Option<i64>), StorageError> {
         let out = self
-            .reader
+            .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use jobs::storage::{Storage, StorageConfig};
+use jobs::storage::{Connections, Storage, StorageConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -155,7 +155,6 @@ impl System {
             "S3_REGION",
             "S3_ACCESS_KEY_ID",
             "S3_SECRET_ACCESS_KEY",
-            "S3_REUSE_CONNECTIONS",
         ] {
             vars.insert(key.into(), env(key));
         }
@@ -206,13 +205,13 @@ impl System {
             None
         };
         let storage = Storage::from_config(StorageConfig {
+            connections: Connections::for_endpoint(Some(&s3_direct)),
             endpoint: Some(s3_direct),
             region: vars["S3_REGION"].clone(),
             bucket: bucket.clone(),
             access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
             secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone(),
             force_path_style: true,
-            reuse_connections: vars["S3_REUSE_CONNECTIONS"] != "false",
         });
         storage
             .ensure_bucket()

@@ -266,13 +266,14 @@ fn pipeline_cpu(files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// Sequential GETs of objects of a few sizes from the local store, on reused connections and on
-/// a fresh connection each (`S3_REUSE_CONNECTIONS`): what the Garage stall costs, and what the
-/// setting saves.
+/// Sequential GETs of objects of a few sizes from the local store, four ways: the SDK's own
+/// client on a kept-alive connection (where Garage stalls), a fresh connection each (the old way
+/// around it), our kept-alive connections that acknowledge at once (what the system uses on
+/// `http://` endpoints), and through nginx when `scripts/bench` started one.
 async fn store_reads() -> anyhow::Result<()> {
-    use jobs::storage::{Storage, StorageConfig};
+    use jobs::storage::{Connections, Storage, StorageConfig};
     let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
-    let config = |endpoint: String, reuse| -> anyhow::Result<StorageConfig> {
+    let config = |endpoint: String, connections| -> anyhow::Result<StorageConfig> {
         Ok(StorageConfig {
             endpoint: Some(endpoint),
             region: var("S3_REGION")?,
@@ -280,25 +281,29 @@ async fn store_reads() -> anyhow::Result<()> {
             access_key_id: var("S3_ACCESS_KEY_ID")?,
             secret_access_key: var("S3_SECRET_ACCESS_KEY")?,
             force_path_style: true,
-            reuse_connections: reuse,
+            connections,
         })
     };
     let direct = var("S3_ENDPOINT")?;
     let mut ways = vec![
         (
-            "reused connection",
-            Storage::from_config(config(direct.clone(), true)?),
+            "SDK client, kept alive",
+            Storage::from_config(config(direct.clone(), Connections::Sdk)?),
         ),
         (
-            "fresh connection",
-            Storage::from_config(config(direct, false)?),
+            "fresh connection each",
+            Storage::from_config(config(direct.clone(), Connections::Fresh)?),
+        ),
+        (
+            "ours: kept alive, quick ACK",
+            Storage::from_config(config(direct, Connections::QuickAck)?),
         ),
     ];
-    // scripts/bench starts nginx in front of the store: reused connections to it.
+    // scripts/bench starts nginx in front of the store: the SDK's kept-alive connections to it.
     if let Ok(proxy) = std::env::var("BENCH_S3_PROXY") {
         ways.push((
-            "reused, through nginx",
-            Storage::from_config(config(proxy, true)?),
+            "SDK client through nginx",
+            Storage::from_config(config(proxy, Connections::Sdk)?),
         ));
     }
     let labels: Vec<&str> = ways.iter().map(|(label, _)| *label).collect();
