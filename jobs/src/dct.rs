@@ -23,7 +23,7 @@ use crate::pipeline::{Format, Output, PreparedPipeline, ProcessError};
 const MAX_SHARE: f64 = 0.06;
 
 /// Natural (row-major) index of the i-th coefficient in zig-zag order, as DQT stores them.
-const ZIGZAG: [usize; 64] = [
+pub(crate) const ZIGZAG: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
     13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
     52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
@@ -424,6 +424,63 @@ mod tests {
         })
         .expect("transforms");
         out
+    }
+
+    #[test]
+    fn our_entropy_decoder_reads_the_same_coefficients_as_libjpeg() {
+        use crate::jpeg_scan::Scan;
+        use std::collections::HashMap;
+        for (w, h) in [(640, 480), (637, 479), (33, 17)] {
+            for subsamp in [
+                Subsamp::Sub2x2,
+                Subsamp::Sub2x1,
+                Subsamp::Sub1x2,
+                Subsamp::None,
+                Subsamp::Gray,
+            ] {
+                let input = turbojpeg::compress_image(&photo(w, h), 90, subsamp)
+                    .expect("encodes")
+                    .to_vec();
+                let scan = Scan::parse(&input).expect("a baseline JPEG");
+                assert_eq!((scan.width, scan.height), (w, h));
+                assert!(scan.data_start < scan.data_end);
+                let mut ours: HashMap<(usize, u32), Vec<i16>> = HashMap::new();
+                let rows = scan
+                    .decode(|ci, row, col, coeffs| {
+                        let blocks = ours.entry((ci, row)).or_default();
+                        assert_eq!(blocks.len(), col as usize * 64, "blocks in order");
+                        blocks.extend_from_slice(coeffs);
+                    })
+                    .expect("decodes");
+                assert_eq!(rows.len(), scan.mcus_y as usize);
+                assert_eq!(rows[0].bit, 0);
+                assert!(rows.windows(2).all(|r| r[0].bit < r[1].bit));
+                assert_eq!(&input[scan.data_end..], [0xff, 0xd9], "ends at EOI");
+                // libjpeg keeps each component's own blocks, and some of the dummy blocks that
+                // fill the MCUs at the right and bottom edges: compare all it keeps.
+                let theirs = coefficients(&input);
+                for (ci, component) in theirs.iter().enumerate() {
+                    let (across, down) = scan.components[ci].blocks;
+                    let mut rows_compared = 0;
+                    for (row, blocks) in component {
+                        let mine = &ours.get(&(ci, *row)).unwrap_or_else(|| {
+                            panic!("{w}x{h} {subsamp:?}: no row {row} of component {ci}")
+                        });
+                        assert!(blocks.len() >= across as usize * 64);
+                        assert_eq!(
+                            &mine[..blocks.len()],
+                            &blocks[..],
+                            "{w}x{h} {subsamp:?}: component {ci} row {row}"
+                        );
+                        rows_compared += (*row < down) as u32;
+                    }
+                    assert_eq!(
+                        rows_compared, down,
+                        "{w}x{h} {subsamp:?}: every row compared"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
