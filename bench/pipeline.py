@@ -100,7 +100,7 @@ def main():
                 capture_output=True, text=True, check=True,
             ).stdout
             dbs = [float(v) for v in re.findall(r"psnr ([0-9.]+) dB", listing)]
-            paths = sorted(set(re.findall(r"(\w+) path", listing)))
+            paths = sorted(set(re.findall(r"([\w-]+) path", listing)))
             quality = f"  PSNR min {min(dbs):.1f} dB" if dbs else ""
         a, b = statistics.median(theirs), statistics.median(ours)
         print(

@@ -4,8 +4,11 @@
 //! dequantised with the image's own tables, turned into pixels (inverse DCT), blended in their
 //! component's YCbCr at that component's resolution, turned back (forward DCT) and
 //! re-quantised. Every other block keeps its coefficients bit for bit: no generation loss where
-//! the mark is not. The entropy-coded data is still decoded and encoded again in full (copying
-//! the untouched MCU rows as they are is the next step).
+//! the mark is not. For a baseline JPEG with one scan and no restart intervals, the MCU rows
+//! that the marks do not touch are not even encoded again: their entropy-coded bits are copied
+//! ([`crate::jpeg_scan::Scan::splice`]), and the headers (EXIF, ICC) stay as they were. Other
+//! JPEGs (progressive, restart intervals, Huffman tables without a code the band needs) go
+//! through libjpeg's lossless transform, which decodes and encodes every block.
 
 use image::metadata::Orientation;
 use turbojpeg::{libc, raw};
@@ -16,10 +19,12 @@ use crate::pipeline::{Format, Output, PreparedPipeline, ProcessError};
 
 /// The marks may cover at most this share of the image (in MCU-aligned area) for this path;
 /// beyond it, blending the decoded planes costs less. Measured with `./scripts/bench pipeline`
-/// (time of this path over the planar path's, one core): 0.81 at a 1.9 % share and 0.90 at
-/// 5.7 % on 12 MP, 0.87 at 3.0 % and 1.00–1.08 at 8.3 % on 2 MP. That is about 0.77 plus 2.8
-/// times the share (every painted block costs an inverse and a forward DCT in floating point),
-/// even at about 8 %; 6 % keeps this path faster wherever it is taken.
+/// (time of this path over the planar path's, one core) when every block was transcoded: 0.81
+/// at a 1.9 % share and 0.90 at 5.7 % on 12 MP, 0.87 at 3.0 % and 1.00–1.08 at 8.3 % on 2 MP.
+/// That is about 0.77 plus 2.8 times the share (every painted block costs an inverse and a
+/// forward DCT in floating point); 6 % kept it faster wherever it was taken. Copying the
+/// untouched rows made it faster still (0.62–0.82 of the planar path on the same images), so
+/// 6 % is on the safe side.
 const MAX_SHARE: f64 = 0.06;
 
 /// Natural (row-major) index of the i-th coefficient in zig-zag order, as DQT stores them.
@@ -304,16 +309,34 @@ pub(crate) fn process_dct(
         regions,
     };
     check()?;
-    let bytes = transform(input, &mut |blocks, ci, row| {
-        job.filter_row(blocks, ci, row)
-    })?;
+    // Only the band of MCU rows under the marks is decoded and encoded again, when the image
+    // allows it (one baseline scan, no restart intervals, Huffman tables with every code the
+    // band needs); otherwise libjpeg transcodes every block.
+    let mcu_height = 8 * vmax;
+    let spliced = crate::jpeg_scan::Scan::parse(input).and_then(|scan| {
+        scan.splice(
+            input,
+            rect.y0 / mcu_height,
+            rect.y1.div_ceil(mcu_height),
+            |blocks, ci, row| job.filter_row(blocks, ci, row),
+        )
+    });
+    let (bytes, path) = match spliced {
+        Some(bytes) => (bytes, "dct-rows"),
+        None => (
+            transform(input, &mut |blocks, ci, row| {
+                job.filter_row(blocks, ci, row)
+            })?,
+            "dct",
+        ),
+    };
     check()?;
     Ok(Some(Output {
         bytes,
         format: Format::Jpeg,
         width: w,
         height: h,
-        path: "dct",
+        path,
     }))
 }
 
@@ -442,7 +465,6 @@ mod tests {
                     .expect("encodes")
                     .to_vec();
                 let scan = Scan::parse(&input).expect("a baseline JPEG");
-                assert_eq!((scan.width, scan.height), (w, h));
                 assert!(scan.data_start < scan.data_end);
                 let mut ours: HashMap<(usize, u32), Vec<i16>> = HashMap::new();
                 let rows = scan
@@ -481,6 +503,133 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Runs the DCT path on `input` with a mark at `position` and checks its output against
+    /// libjpeg transcoding every block with the same filter: the same coefficients everywhere
+    /// and the same pixels. Returns the path taken.
+    fn check_against_transcode(input: &[u8], w: u32, h: u32, position: &str) -> &'static str {
+        use crate::jpeg_scan::Scan;
+        let pipeline = prepared(json!({
+            "task": "watermark", "position": position, "opacity": 0.8,
+            "scale": 0.25, "margin": 0
+        }));
+        let out = process_dct(input, &info(input), &pipeline, &|| Ok(()))
+            .expect("processes")
+            .unwrap_or_else(|| panic!("{w}x{h} {position}: no DCT path"));
+        let overlays = pipeline.overlays(w, h).expect("ok").expect("marks");
+        let components = components(input).expect("components");
+        let hmax = components.iter().map(|c| c.sampling.0).max().unwrap() as u32;
+        let vmax = components.iter().map(|c| c.sampling.1).max().unwrap() as u32;
+        let rect = mcu_rect(
+            overlays[0].bounds().expect("paints"),
+            (8 * hmax, 8 * vmax),
+            (w, h),
+        );
+        let job = Job {
+            regions: components
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| {
+                    let f = (
+                        (hmax / c.sampling.0 as u32) as u8,
+                        (vmax / c.sampling.1 as u32) as u8,
+                    );
+                    let (bw, bh) = (8 * f.0 as u32, 8 * f.1 as u32);
+                    (
+                        Rect {
+                            x0: rect.x0 / bw,
+                            y0: rect.y0 / bh,
+                            x1: rect.x1.div_ceil(bw),
+                            y1: rect.y1.div_ceil(bh),
+                        },
+                        overlays
+                            .iter()
+                            .map(|o| o.block_painter(ci.min(2), f))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            components,
+        };
+        let full =
+            transform(input, &mut |b, ci, row| job.filter_row(b, ci, row)).expect("transcodes");
+        let case = format!("{w}x{h} {position} ({} path)", out.path);
+        assert_eq!(coefficients(&out.bytes), coefficients(&full), "{case}");
+        assert_ne!(
+            coefficients(&out.bytes),
+            coefficients(input),
+            "{case}: marked"
+        );
+        assert_eq!(rgb(&out.bytes), rgb(&full), "{case}");
+        if out.path == "dct-rows" {
+            // Everything before the entropy-coded data is the input's, byte for byte.
+            let scan = Scan::parse(input).expect("baseline");
+            assert_eq!(
+                out.bytes[..scan.data_start],
+                input[..scan.data_start],
+                "{case}"
+            );
+        }
+        out.path
+    }
+
+    /// The splice (only the band under the marks encoded again) gives what libjpeg's transcode
+    /// of every block gives, for every subsampling, odd sizes, and marks at every edge.
+    #[test]
+    fn copying_untouched_rows_gives_what_transcoding_every_block_gives() {
+        for (w, h) in [(640, 480), (637, 479), (333, 251)] {
+            for subsamp in [
+                Subsamp::Sub2x2,
+                Subsamp::Sub2x1,
+                Subsamp::None,
+                Subsamp::Gray,
+            ] {
+                let input = turbojpeg::compress_image(&photo(w, h), 90, subsamp)
+                    .expect("encodes")
+                    .to_vec();
+                for position in ["top-left", "center", "bottom-right", "bottom-left"] {
+                    let path = check_against_transcode(&input, w, h, position);
+                    assert_eq!(path, "dct-rows", "{w}x{h} {subsamp:?} {position}");
+                }
+            }
+        }
+    }
+
+    /// Progressive JPEGs, and optimised Huffman tables that may lack a code the band needs,
+    /// fall back to the transcode of every block, with the same result.
+    #[test]
+    fn jpegs_the_splice_cannot_take_fall_back_to_the_transcode() {
+        let (w, h) = (640, 480);
+        let encode = |progressive: bool, optimize: bool| {
+            let mut c = turbojpeg::Compressor::new().expect("compressor");
+            c.set_quality(90).expect("quality");
+            c.set_subsamp(Subsamp::Sub2x2).expect("subsampling");
+            c.set_progressive(progressive).expect("progressive");
+            c.set_optimize(optimize).expect("optimize");
+            c.compress_to_vec(turbojpeg::Image {
+                pixels: photo(w, h).as_raw().as_slice(),
+                width: w as usize,
+                pitch: 3 * w as usize,
+                height: h as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            })
+            .expect("encodes")
+        };
+        let progressive = encode(true, false);
+        for position in ["top-left", "bottom-right"] {
+            assert_eq!(check_against_transcode(&progressive, w, h, position), "dct");
+        }
+        // Optimised tables: either path, the same result.
+        let optimised = encode(false, true);
+        let paths: Vec<_> = ["top-left", "center", "bottom-right"]
+            .iter()
+            .map(|p| check_against_transcode(&optimised, w, h, p))
+            .collect();
+        assert!(
+            paths.iter().all(|p| *p == "dct" || *p == "dct-rows"),
+            "{paths:?}"
+        );
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! decodes them (a test compares the two), and where each MCU row starts in the bitstream with
 //! the DC predictors at that point.
 //!
-//! This is the first half of copying the MCU rows that an anchored mark does not touch instead of
-//! re-encoding them (the stretch target of the DCT path): a splice needs to know the bit at which
-//! the first changed row begins and the DC values that its first blocks are predicted from. It is
-//! not used by the image path yet; the encoder and the splice come next.
+//! [`Scan::splice`] builds on it to change a band of MCU rows without re-encoding the rest: the
+//! rows above the band are copied bit for bit, the band is decoded, changed and encoded again
+//! with the image's own Huffman tables, and the rows below are copied too, shifted to the bit
+//! where the band now ends. Only the first MCU below the band is encoded again, since its DC
+//! values are coded as differences from the band's last ones. The rows below are still read
+//! (not encoded): where their data ends, before the padding of the last byte, is only known that
+//! way. Everything is done on the data
+//! with its byte stuffing removed, which is put back at the end.
 
 use crate::dct::ZIGZAG;
 
@@ -21,6 +25,11 @@ struct Huffman {
     /// Per code length, `index of its first symbol - its first code`.
     offset: [i32; 17],
     symbols: Vec<u8>,
+    /// Per symbol, `(code, length)` for encoding; length 0 when the table has no code for it.
+    codes: Vec<(u16, u8)>,
+    /// For AC tables: per [`FAST_BITS`] bits, when they hold a whole code and the value bits
+    /// after it, `value << 16 | run << 8 | bits used`; else 0.
+    fast_ac: Vec<i32>,
 }
 
 const FAST_BITS: u32 = 9;
@@ -31,6 +40,7 @@ impl Huffman {
         let mut fast = vec![0u16; 1 << FAST_BITS];
         let mut maxcode = [-1i32; 17];
         let mut offset = [0i32; 17];
+        let mut codes = vec![(0u16, 0u8); 256];
         let mut code: i32 = 0;
         let mut index: i32 = 0;
         for len in 1..=16u32 {
@@ -38,6 +48,7 @@ impl Huffman {
             offset[len as usize] = index - code;
             for _ in 0..n {
                 let symbol = *symbols.get(index as usize)?;
+                codes[symbol as usize] = (code as u16, len as u8);
                 if len <= FAST_BITS {
                     let shift = FAST_BITS - len;
                     let first = (code as usize) << shift;
@@ -56,11 +67,25 @@ impl Huffman {
             }
             code <<= 1;
         }
+        let fast_ac = (0..1usize << FAST_BITS)
+            .map(|bits| {
+                let entry = fast[bits];
+                let (len, rs) = ((entry >> 8) as u32, entry as u8);
+                let (run, size) = ((rs >> 4) as i32, (rs & 15) as u32);
+                if entry == 0 || size == 0 || len + size > FAST_BITS {
+                    return 0;
+                }
+                let value = (bits as u32 >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+                (extend(value, size) << 16) | (run << 8) | (len + size) as i32
+            })
+            .collect();
         Some(Self {
             fast,
             maxcode,
             offset,
             symbols: symbols.get(..index as usize)?.to_vec(),
+            codes,
+            fast_ac,
         })
     }
 }
@@ -87,8 +112,6 @@ pub(crate) struct Scan {
     pub components: Vec<ScanComponent>,
     /// The frame indexes of the scan's components, in scan order.
     order: Vec<usize>,
-    pub width: u32,
-    pub height: u32,
     pub mcus_x: u32,
     pub mcus_y: u32,
     /// Offset of the first byte of entropy-coded data.
@@ -101,6 +124,7 @@ pub(crate) struct Scan {
 
 /// Where one MCU row begins: its first bit in [`Scan::data`] and, per component in frame
 /// order, the DC value its first block is predicted from.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RowStart {
     pub bit: u64,
@@ -223,8 +247,6 @@ impl Scan {
                     return Some(Self {
                         components,
                         order,
-                        width,
-                        height,
                         mcus_x,
                         mcus_y,
                         data_start,
@@ -239,9 +261,150 @@ impl Scan {
         }
     }
 
+    /// `input` (whose scan this is) with MCU rows `first..end` changed by `filter`, which is
+    /// called for every row of blocks of each component in that band, with the row's index in
+    /// the component (blocks in natural order, as many as the component has across: the same
+    /// rows libjpeg's coefficient filter sees). The other rows keep their entropy-coded data as
+    /// it is. `None` when the data is corrupt or a changed block needs a code the image's
+    /// Huffman tables do not have (optimised tables hold only the codes the image used): the
+    /// caller takes another path.
+    pub fn splice(
+        &self,
+        input: &[u8],
+        first: u32,
+        end: u32,
+        mut filter: impl FnMut(&mut [i16], usize, u32),
+    ) -> Option<Vec<u8>> {
+        let end = end.min(self.mcus_y);
+        if first >= end {
+            return None;
+        }
+        let mut bits = Bits::new(&self.data);
+        let mut dc = vec![0i32; self.components.len()];
+        let mut coeffs = [0i16; 64];
+        // The rows above the band: only where they end, and the DC values there.
+        for _ in 0..first * self.mcus_x {
+            for &ci in &self.order {
+                let c = &self.components[ci];
+                for _ in 0..c.h * c.v {
+                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut coeffs)?;
+                }
+            }
+        }
+        let (band_start, band_dc) = (bits.pos(), dc.clone());
+        // The band, into rows of blocks per component.
+        let rows = end - first;
+        let mut band: Vec<Vec<i16>> = self
+            .components
+            .iter()
+            .map(|c| vec![0i16; (rows * c.v * self.mcus_x * c.h * 64) as usize])
+            .collect();
+        let mut block = [0i16; 64];
+        for my in 0..rows {
+            for mx in 0..self.mcus_x {
+                for &ci in &self.order {
+                    let c = &self.components[ci];
+                    let width = (self.mcus_x * c.h) as usize;
+                    for by in 0..c.v {
+                        for bx in 0..c.h {
+                            block.fill(0);
+                            bits.block(&c.dc, &c.ac, &mut dc[ci], &mut block)?;
+                            let (row, col) = ((my * c.v + by) as usize, (mx * c.h + bx) as usize);
+                            let at = (row * width + col) * 64;
+                            band[ci][at..at + 64].copy_from_slice(&block);
+                        }
+                    }
+                }
+            }
+        }
+        // The first MCU below the band, whose DC differences will change.
+        let mut next: Vec<[i16; 64]> = Vec::new();
+        if end < self.mcus_y {
+            for &ci in &self.order {
+                let c = &self.components[ci];
+                for _ in 0..c.h * c.v {
+                    block.fill(0);
+                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut block)?;
+                    next.push(block);
+                }
+            }
+        }
+        // The rest is copied, but where its data ends (before the padding of its last byte)
+        // is only known by reading it.
+        let rest = bits.pos();
+        let decoded = (first + rows) * self.mcus_x + (end < self.mcus_y) as u32;
+        for _ in decoded..self.mcus_x * self.mcus_y {
+            for &ci in &self.order {
+                let c = &self.components[ci];
+                for _ in 0..c.h * c.v {
+                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut coeffs)?;
+                }
+            }
+        }
+        let data_end = bits.pos();
+        if data_end > self.data.len() as u64 * 8 {
+            return None;
+        }
+        for (ci, c) in self.components.iter().enumerate() {
+            let width = (self.mcus_x * c.h) as usize * 64;
+            let across = (c.blocks.0 as usize * 64).min(width);
+            for k in 0..(rows * c.v) as usize {
+                filter(
+                    &mut band[ci][k * width..k * width + across],
+                    ci,
+                    first * c.v + k as u32,
+                );
+            }
+        }
+        // Out: the rows above as they were, the band, the first MCU below, the rest as it was.
+        let mut out = BitWriter::with_capacity(self.data.len() + 4096);
+        out.copy(&self.data, 0, band_start);
+        let mut dc = band_dc;
+        for my in 0..rows {
+            for mx in 0..self.mcus_x {
+                for &ci in &self.order {
+                    let c = &self.components[ci];
+                    let width = (self.mcus_x * c.h) as usize;
+                    for by in 0..c.v {
+                        for bx in 0..c.h {
+                            let (row, col) = ((my * c.v + by) as usize, (mx * c.h + bx) as usize);
+                            let at = (row * width + col) * 64;
+                            let block: &[i16; 64] = band[ci][at..at + 64].try_into().ok()?;
+                            out.block(block, &mut dc[ci], &c.dc, &c.ac)?;
+                        }
+                    }
+                }
+            }
+        }
+        let mut blocks = next.iter();
+        if end < self.mcus_y {
+            for &ci in &self.order {
+                let c = &self.components[ci];
+                for _ in 0..c.h * c.v {
+                    out.block(blocks.next()?, &mut dc[ci], &c.dc, &c.ac)?;
+                }
+            }
+        }
+        out.copy(&self.data, rest, data_end);
+        let data = out.finish();
+        // Put the stuffing back: a zero after every FF.
+        let mut bytes = Vec::with_capacity(input.len() + 4096);
+        bytes.extend_from_slice(input.get(..self.data_start)?);
+        let mut at = 0;
+        while let Some(ff) = data[at..].iter().position(|&b| b == 0xff) {
+            bytes.extend_from_slice(&data[at..at + ff + 1]);
+            bytes.push(0);
+            at += ff + 1;
+        }
+        bytes.extend_from_slice(&data[at..]);
+        bytes.extend_from_slice(input.get(self.data_end..)?);
+        Some(bytes)
+    }
+
     /// Decodes every block, calling `block(component, block_row, block_col, coefficients)`
     /// with the coefficients in natural order, and returns where each MCU row starts. `None`
     /// when the data is corrupt.
+    #[cfg(test)]
     pub fn decode(
         &self,
         mut block: impl FnMut(usize, u32, u32, &[i16; 64]),
@@ -252,7 +415,7 @@ impl Scan {
         let mut rows = Vec::with_capacity(self.mcus_y as usize);
         for my in 0..self.mcus_y {
             rows.push(RowStart {
-                bit: bits.pos,
+                bit: bits.pos(),
                 dc: dc.clone(),
             });
             for mx in 0..self.mcus_x {
@@ -268,7 +431,7 @@ impl Scan {
                 }
             }
         }
-        if bits.pos > self.data.len() as u64 * 8 {
+        if bits.pos() > self.data.len() as u64 * 8 {
             return None; // ran past the end of the data
         }
         Some(rows)
@@ -301,45 +464,92 @@ fn unstuff(data: &[u8]) -> (Vec<u8>, usize) {
 /// them).
 struct Bits<'a> {
     data: &'a [u8],
-    pos: u64,
+    /// The next byte of `data` to load.
+    next: usize,
+    /// The bits not consumed yet, from the most significant; the bits below the first `n`
+    /// are either zero or the same bits of `data` that come next.
+    acc: u64,
+    n: u32,
 }
 
 impl<'a> Bits<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
+        Self::at(data, 0)
     }
 
-    /// The next 32 bits, without consuming them.
-    fn peek32(&self) -> u32 {
-        let byte = (self.pos / 8) as usize;
-        let mut word = [0u8; 8];
-        if let Some(rest) = self.data.get(byte..) {
-            let n = rest.len().min(8);
-            word[..n].copy_from_slice(&rest[..n]);
+    /// A reader that starts at bit `bit` of `data`.
+    fn at(data: &'a [u8], bit: u64) -> Self {
+        let mut bits = Self {
+            data,
+            next: (bit / 8) as usize,
+            acc: 0,
+            n: 0,
+        };
+        bits.refill();
+        bits.consume((bit % 8) as u32);
+        bits
+    }
+
+    /// The position of the next bit to read.
+    fn pos(&self) -> u64 {
+        self.next as u64 * 8 - self.n as u64
+    }
+
+    /// Loads bytes until at least 56 bits are ready.
+    #[inline]
+    fn refill(&mut self) {
+        if let Some(word) = self.data.get(self.next..self.next + 8) {
+            let word = u64::from_be_bytes(word.try_into().expect("8 bytes"));
+            self.acc |= word >> self.n;
+            let bytes = (63 - self.n) / 8;
+            self.next += bytes as usize;
+            self.n += bytes * 8;
+        } else {
+            while self.n <= 56 {
+                let byte = self.data.get(self.next).copied().unwrap_or(0);
+                self.acc |= (byte as u64) << (56 - self.n);
+                self.next += 1;
+                self.n += 8;
+            }
         }
-        (u64::from_be_bytes(word) << (self.pos % 8) >> 32) as u32
     }
 
-    fn take(&mut self, n: u32) -> u32 {
-        if n == 0 {
+    #[inline]
+    fn consume(&mut self, k: u32) {
+        self.acc = if k >= 64 { 0 } else { self.acc << k };
+        self.n -= k;
+    }
+
+    /// The next `k` bits (1 to 32), without consuming them; at least `k` must be loaded.
+    #[inline]
+    fn peek(&self, k: u32) -> u32 {
+        (self.acc >> (64 - k)) as u32
+    }
+
+    /// The next `k` bits (0 to 32); at least `k` must be loaded.
+    #[inline]
+    fn take(&mut self, k: u32) -> u32 {
+        if k == 0 {
             return 0;
         }
-        let v = self.peek32() >> (32 - n);
-        self.pos += n as u64;
+        let v = self.peek(k);
+        self.consume(k);
         v
     }
 
+    /// One Huffman-coded symbol; at least 16 bits must be loaded.
+    #[inline(always)]
     fn symbol(&mut self, table: &Huffman) -> Option<u8> {
-        let word = self.peek32();
-        let fast = table.fast[(word >> (32 - FAST_BITS)) as usize];
+        let fast = table.fast[self.peek(FAST_BITS) as usize];
         if fast != 0 {
-            self.pos += (fast >> 8) as u64;
+            self.consume((fast >> 8) as u32);
             return Some(fast as u8);
         }
+        let word = self.peek(16);
         for len in FAST_BITS + 1..=16 {
-            let code = (word >> (32 - len)) as i32;
+            let code = (word >> (16 - len)) as i32;
             if code <= table.maxcode[len as usize] {
-                self.pos += len as u64;
+                self.consume(len);
                 return table
                     .symbols
                     .get((code + table.offset[len as usize]) as usize)
@@ -358,6 +568,9 @@ impl<'a> Bits<'a> {
         dc: &mut i32,
         out: &mut [i16; 64],
     ) -> Option<()> {
+        if self.n < 32 {
+            self.refill();
+        }
         let size = self.symbol(dc_table)? as u32;
         if size > 11 {
             return None;
@@ -366,6 +579,20 @@ impl<'a> Bits<'a> {
         out[0] = *dc as i16;
         let mut k = 1;
         while k < 64 {
+            if self.n < 32 {
+                self.refill();
+            }
+            let fast = ac_table.fast_ac[self.peek(FAST_BITS) as usize];
+            if fast != 0 {
+                self.consume((fast & 255) as u32);
+                k += ((fast >> 8) & 255) as usize;
+                if k > 63 {
+                    return None;
+                }
+                out[ZIGZAG[k]] = (fast >> 16) as i16;
+                k += 1;
+                continue;
+            }
             let rs = self.symbol(ac_table)?;
             let (run, size) = ((rs >> 4) as usize, (rs & 15) as u32);
             if size == 0 {
@@ -384,6 +611,132 @@ impl<'a> Bits<'a> {
         }
         Some(())
     }
+}
+
+/// A writer of bits, most significant first, into bytes without stuffing.
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    /// Bits in `acc` not yet written out (fewer than 32 between calls).
+    n: u32,
+}
+
+impl BitWriter {
+    fn with_capacity(bytes: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(bytes),
+            acc: 0,
+            n: 0,
+        }
+    }
+
+    /// The low `len` bits of `bits` (`len` at most 32).
+    fn put(&mut self, bits: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        self.acc = (self.acc << len) | (bits as u64 & ((1u64 << len) - 1));
+        self.n += len;
+        if self.n >= 32 {
+            self.n -= 32;
+            self.out
+                .extend_from_slice(&((self.acc >> self.n) as u32).to_be_bytes());
+        }
+    }
+
+    /// Bits `from..to` of `data`.
+    fn copy(&mut self, data: &[u8], mut from: u64, to: u64) {
+        if self.n == 0 && from.is_multiple_of(8) {
+            // Aligned on both sides: whole bytes at once.
+            let whole = ((to - from) / 8) as usize;
+            let start = (from / 8) as usize;
+            self.out.extend_from_slice(&data[start..start + whole]);
+            from += whole as u64 * 8;
+        }
+        let mut reader = Bits::at(data, from);
+        while reader.pos() + 32 <= to {
+            if reader.n < 32 {
+                reader.refill();
+            }
+            let word = reader.take(32);
+            self.put(word, 32);
+        }
+        reader.refill();
+        let left = (to - reader.pos()) as u32;
+        let word = reader.take(left);
+        self.put(word, left);
+    }
+
+    fn symbol(&mut self, table: &Huffman, symbol: u8) -> Option<()> {
+        let (code, len) = table.codes[symbol as usize];
+        if len == 0 {
+            return None;
+        }
+        self.put(code as u32, len as u32);
+        Some(())
+    }
+
+    /// One block (natural order), its DC coded as the difference from `dc`.
+    fn block(
+        &mut self,
+        block: &[i16; 64],
+        dc: &mut i32,
+        dc_table: &Huffman,
+        ac_table: &Huffman,
+    ) -> Option<()> {
+        let diff = block[0] as i32 - *dc;
+        *dc = block[0] as i32;
+        let (size, bits) = category(diff);
+        if size > 11 {
+            return None;
+        }
+        self.symbol(dc_table, size as u8)?;
+        self.put(bits, size);
+        let mut run = 0u8;
+        for &natural in &ZIGZAG[1..] {
+            let v = block[natural] as i32;
+            if v == 0 {
+                run += 1;
+                continue;
+            }
+            while run > 15 {
+                self.symbol(ac_table, 0xf0)?;
+                run -= 16;
+            }
+            let (size, bits) = category(v);
+            if size > 10 {
+                return None;
+            }
+            self.symbol(ac_table, (run << 4) | size as u8)?;
+            self.put(bits, size);
+            run = 0;
+        }
+        if run > 0 {
+            self.symbol(ac_table, 0)?;
+        }
+        Some(())
+    }
+
+    /// The bytes, the last one filled with one bits.
+    fn finish(mut self) -> Vec<u8> {
+        let pad = (8 - self.n % 8) % 8;
+        self.put((1 << pad) - 1, pad);
+        while self.n >= 8 {
+            self.n -= 8;
+            self.out.push((self.acc >> self.n) as u8);
+        }
+        self.out
+    }
+}
+
+/// The size category of a coefficient and the bits that code it (the inverse of [`extend`]).
+fn category(v: i32) -> (u32, u32) {
+    if v == 0 {
+        return (0, 0);
+    }
+    let size = 32 - v.unsigned_abs().leading_zeros();
+    let bits = if v < 0 { v - 1 } else { v } as u32 & ((1u32 << size) - 1);
+    (size, bits)
 }
 
 /// A coefficient from its `size` bits (JPEG's EXTEND).

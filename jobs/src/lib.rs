@@ -8,8 +8,6 @@ mod dct;
 pub mod dispatch;
 pub mod domain;
 mod jpeg;
-// Not on the image path yet: the first half of copying untouched MCU rows (see the module).
-#[cfg_attr(not(test), allow(dead_code))]
 mod jpeg_scan;
 pub mod maintenance;
 pub mod names;

@@ -187,7 +187,9 @@ pub struct Output {
     pub format: Format,
     pub width: u32,
     pub height: u32,
-    /// The path that made it: `"dct"`, `"planar"` or `"pixels"` (for logs and the benchmark).
+    /// The path that made it (for logs and the benchmark): `"dct-rows"` (DCT domain, only the
+    /// MCU rows under the marks encoded again), `"dct"` (DCT domain, every block transcoded),
+    /// `"planar"` or `"pixels"`.
     pub path: &'static str,
 }
 

@@ -294,6 +294,7 @@ async fn read_answer(stdout: &mut ChildStdout) -> std::io::Result<Outcome> {
         width: dim("width")?,
         height: dim("height")?,
         path: match header["path"].as_str() {
+            Some("dct-rows") => "dct-rows",
             Some("dct") => "dct",
             Some("planar") => "planar",
             _ => "pixels",
