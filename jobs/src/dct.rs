@@ -6,7 +6,8 @@
 //! re-quantised. Every other block keeps its coefficients bit for bit: no generation loss where
 //! the mark is not. For a baseline JPEG with one scan and no restart intervals, the MCU rows
 //! that the marks do not touch are not even encoded again: their entropy-coded bits are copied
-//! ([`crate::jpeg_scan::Scan::splice`]), and the headers (EXIF, ICC) stay as they were. Other
+//! ([`crate::jpeg_scan::Scan::splice`]), and so does the ICC profile (EXIF, whose thumbnail
+//! would show the image without its mark, does not). Other
 //! JPEGs (progressive, restart intervals, Huffman tables without a code the band needs) go
 //! through libjpeg's lossless transform, which decodes and encodes every block.
 
@@ -563,13 +564,16 @@ mod tests {
         );
         assert_eq!(rgb(&out.bytes), rgb(&full), "{case}");
         if out.path == "dct-rows" {
-            // Everything before the entropy-coded data is the input's, byte for byte.
+            // Everything before the entropy-coded data is the input's, byte for byte, but an
+            // EXIF block right after SOI.
             let scan = Scan::parse(input).expect("baseline");
-            assert_eq!(
-                out.bytes[..scan.data_start],
-                input[..scan.data_start],
-                "{case}"
-            );
+            let exif = if input[2..4] == [0xff, 0xe1] {
+                2 + u16::from_be_bytes([input[4], input[5]]) as usize
+            } else {
+                0
+            };
+            let kept = [&input[..2], &input[2 + exif..scan.data_start]].concat();
+            assert_eq!(out.bytes[..kept.len()], kept[..], "{case}");
         }
         out.path
     }
@@ -620,6 +624,23 @@ mod tests {
         for position in ["top-left", "bottom-right"] {
             assert_eq!(check_against_transcode(&progressive, w, h, position), "dct");
         }
+        // EXIF goes (its thumbnail would show the image unmarked); an ICC profile stays.
+        let plain = encode(false, false);
+        let icc = [&b"\xff\xe2\x00\x14ICC_PROFILE\x00\x01\x01"[..], b"abcd"].concat();
+        let tagged =
+            crate::testing::with_orientation(&[&plain[..2], &icc[..], &plain[2..]].concat(), 1);
+        assert_eq!(
+            check_against_transcode(&tagged, w, h, "bottom-right"),
+            "dct-rows"
+        );
+        let pipeline =
+            prepared(json!({"task": "watermark", "position": "bottom-right", "scale": 0.25}));
+        let out = process_dct(&tagged, &info(&tagged), &pipeline, &|| Ok(()))
+            .expect("processes")
+            .expect("a DCT path");
+        let has = |bytes: &[u8], what: &[u8]| bytes.windows(what.len()).any(|w| w == what);
+        assert!(has(&tagged, b"Exif\0\0") && !has(&out.bytes, b"Exif\0\0"));
+        assert!(has(&out.bytes, &icc));
         // Optimised tables: either path, the same result.
         let optimised = encode(false, true);
         let paths: Vec<_> = ["top-left", "center", "bottom-right"]

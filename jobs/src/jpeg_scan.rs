@@ -388,8 +388,8 @@ impl Scan {
         out.copy(&self.data, rest, data_end);
         let data = out.finish();
         // Put the stuffing back: a zero after every FF.
-        let mut bytes = Vec::with_capacity(input.len() + 4096);
-        bytes.extend_from_slice(input.get(..self.data_start)?);
+        let mut bytes = headers(input.get(..self.data_start)?)?;
+        bytes.reserve(data.len() + data.len() / 128 + 16);
         let mut at = 0;
         while let Some(ff) = data[at..].iter().position(|&b| b == 0xff) {
             bytes.extend_from_slice(&data[at..at + ff + 1]);
@@ -436,6 +436,37 @@ impl Scan {
         }
         Some(rows)
     }
+}
+
+/// The headers of a JPEG (from SOI up to the end of its SOS segment) without the application
+/// segments that may carry the unmarked image or facts about its author: EXIF and XMP (APP1,
+/// whose thumbnail would show the image without its mark), Photoshop's (APP13), the others, and
+/// comments. What decoding needs stays: JFIF (APP0), the ICC colour profile (APP2) and Adobe's
+/// colour transform (APP14), with every table and frame header. The other paths keep no
+/// metadata at all; this one keeps the colour profile as well.
+fn headers(head: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(head.len());
+    out.extend_from_slice(head.get(..2)?);
+    let mut at = 2;
+    while at < head.len() {
+        if *head.get(at)? != 0xff {
+            return None;
+        }
+        let marker = *head.get(at + 1)?;
+        let len = u16::from_be_bytes([*head.get(at + 2)?, *head.get(at + 3)?]) as usize;
+        let segment = head.get(at..at + 2 + len)?;
+        let keep = match marker {
+            0xe0 | 0xee => true,
+            0xe2 => segment.get(4..16) == Some(b"ICC_PROFILE\0"),
+            0xe1 | 0xe3..=0xed | 0xef | 0xfe => false,
+            _ => true,
+        };
+        if keep {
+            out.extend_from_slice(segment);
+        }
+        at += 2 + len;
+    }
+    Some(out)
 }
 
 /// The entropy-coded data from `data` on, unstuffed, and the offset of the marker that ends it
