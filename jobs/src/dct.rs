@@ -600,6 +600,41 @@ mod tests {
         }
     }
 
+    /// Damaged entropy-coded data (noise, runs of one byte, truncation) does not panic the
+    /// splice: it either splices or says no. (The DC sums wrap rather than overflow, which
+    /// only an image of more than a million blocks of the largest differences could reach.)
+    #[test]
+    fn the_splice_survives_damaged_data() {
+        use crate::jpeg_scan::Scan;
+        let (w, h) = (640, 480);
+        let input = turbojpeg::compress_image(&photo(w, h), 90, Subsamp::Sub2x2)
+            .expect("encodes")
+            .to_vec();
+        let start = Scan::parse(&input).expect("baseline").data_start;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut damaged = Vec::new();
+        for fill in [None, Some(0x00u8), Some(0xfe), Some(0x7f)] {
+            let mut bytes = input.clone();
+            for b in &mut bytes[start + 100..input.len() - 2] {
+                *b = fill.unwrap_or_else(|| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed as u8).min(0xfe)
+                });
+            }
+            damaged.push(bytes);
+        }
+        damaged.push(input[..input.len() / 2].to_vec());
+        damaged.push([&input[..start], &[0xfe; 4096][..], &[0xff, 0xd9]].concat());
+        for bytes in &damaged {
+            if let Some(scan) = Scan::parse(bytes) {
+                let _ = scan.splice(bytes, 20, 30, |blocks, _, _| blocks.fill(1));
+                let _ = scan.decode(|_, _, _, _| {});
+            }
+        }
+    }
+
     /// Progressive JPEGs, and optimised Huffman tables that may lack a code the band needs,
     /// fall back to the transcode of every block, with the same result.
     #[test]

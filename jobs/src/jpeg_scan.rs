@@ -606,7 +606,7 @@ impl<'a> Bits<'a> {
         if size > 11 {
             return None;
         }
-        *dc += extend(self.take(size), size);
+        *dc = dc.wrapping_add(extend(self.take(size), size));
         out[0] = *dc as i16;
         let mut k = 1;
         while k < 64 {
@@ -715,7 +715,7 @@ impl BitWriter {
         dc_table: &Huffman,
         ac_table: &Huffman,
     ) -> Option<()> {
-        let diff = block[0] as i32 - *dc;
+        let diff = (block[0] as i32).wrapping_sub(*dc);
         *dc = block[0] as i32;
         let (size, bits) = category(diff);
         if size > 11 {
