@@ -687,6 +687,53 @@ impl RawUpload {
             .await
     }
 
+    /// Sends the text field `name` = `value` again and again, at most `count` times, while
+    /// reading the answer, as a client that never stops would; stops at the answer, or when
+    /// the server has not taken a part for 5 s. Returns the answer and how many bytes of fields
+    /// had been sent by then.
+    pub async fn flood(
+        self,
+        name: &str,
+        value: &str,
+        count: usize,
+    ) -> anyhow::Result<(u16, String, u64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut reader, mut writer) = self.stream.into_split();
+        let answer = tokio::spawn(async move {
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut answer))
+                .await;
+            answer
+        });
+        let mut part =
+            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}").into_bytes();
+        part.extend_from_slice(format!("\r\n--{RAW_BOUNDARY}\r\n").as_bytes());
+        let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+        chunk.extend_from_slice(&part);
+        chunk.extend_from_slice(b"\r\n");
+        let mut sent = 0u64;
+        for _ in 0..count {
+            if answer.is_finished() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), writer.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += part.len() as u64,
+                _ => break, // refused (the connection is closed) or no longer read
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer.await?).into_owned();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body, sent))
+    }
+
     /// Ends the body and reads the answer: its status and body.
     pub async fn finish(mut self) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1000,6 +1000,36 @@ async fn hostile_file_names_become_safe_unique_zip_entries_and_escaped_text() {
     sys.shutdown().await;
 }
 
+/// A body of endless form fields, as an attacker would send it (4,000 fields of 60 KB: 240 MB
+/// in one POST), is refused as soon as the fields' budget is spent, not at its end; so are
+/// endless small fields and endless parts of no known name; nothing is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_form_fields_are_refused_at_once_and_leave_nothing() {
+    let sys = System::start("hostile-fields", Options::default())
+        .await
+        .expect("system starts");
+    let big = "v".repeat(60_000);
+    for (name, value, says) in [
+        ("watermark.text", big.as_str(), "besides the files"),
+        ("watermark.opacity", "0.5", "too many fields"),
+        ("something-else", big.as_str(), "besides the files"),
+    ] {
+        let upload = sys.raw_upload("/api/batches").await.expect("connects");
+        let (code, body, sent) = upload.flood(name, value, 4_000).await.expect("an answer");
+        assert_eq!(code, 413, "{name}: {body}");
+        assert!(body.contains(says), "{name}: {body}");
+        // The budget is 512 KiB and 256 fields; what was sent beyond it sat in buffers.
+        assert!(
+            sent < 32 * 1024 * 1024,
+            "{name}: the answer came only after {sent} bytes"
+        );
+        println!("{name}: refused after {} KiB of fields", sent / 1024);
+    }
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 0);
+    assert_eq!(sys.objects().await.unwrap(), Vec::<String>::new());
+    sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_parts() {
     let sys = System::start(

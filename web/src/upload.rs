@@ -22,6 +22,65 @@ use crate::error::AppError;
 const SNIFF_BYTES: usize = 32;
 /// Largest non-file field accepted (the pipeline JSON, a form value).
 const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Most parts of one upload that are not files (choices, and parts we do not know).
+const MAX_FIELDS: usize = 256;
+/// Most bytes of all those parts together (the logo aside, which has its own limit).
+const MAX_FIELDS_BYTES: usize = 512 * 1024;
+
+/// What an upload may still send. Every byte of every part counts toward `MAX_BATCH_BYTES` as
+/// it arrives, and the parts that are not files have a small budget of their own (how many,
+/// and how many bytes together), so that a body of endless form fields cannot grow `web`. The
+/// first excess ends the upload.
+struct Budget {
+    total: u64,
+    limit: u64,
+    fields: usize,
+    field_bytes: usize,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Self {
+            total: 0,
+            limit,
+            fields: 0,
+            field_bytes: 0,
+        }
+    }
+
+    /// `n` more bytes of any part.
+    fn bytes(&mut self, n: usize) -> Result<(), AppError> {
+        self.total += n as u64;
+        if self.total > self.limit {
+            return Err(too_large_batch(self.limit));
+        }
+        Ok(())
+    }
+
+    /// One more part that is not a file.
+    fn field(&mut self) -> Result<(), AppError> {
+        self.fields += 1;
+        if self.fields > MAX_FIELDS {
+            return Err(AppError::TooLarge(format!(
+                "too many fields: at most {MAX_FIELDS} besides the files"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `n` more bytes of a part that is not a file (nor the logo).
+    fn field_bytes(&mut self, n: usize) -> Result<(), AppError> {
+        self.bytes(n)?;
+        self.field_bytes += n;
+        if self.field_bytes > MAX_FIELDS_BYTES {
+            return Err(AppError::TooLarge(format!(
+                "the fields besides the files are larger than {} together",
+                human_bytes(MAX_FIELDS_BYTES as u64)
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// A batch that was received and enqueued.
 pub struct Received {
@@ -100,7 +159,7 @@ async fn receive_into(
     let settings = &state.settings;
     let mut files: Vec<NewImage> = Vec::new();
     let mut choices = Choices::default();
-    let mut total: u64 = 0;
+    let mut budget = Budget::new(settings.max_batch_bytes);
     // Set when the choices came before the first file and make a valid pipeline: each image is
     // then recorded and dispatched as soon as it is stored, while the rest still arrive.
     let mut recorder: Option<Recorder> = None;
@@ -135,7 +194,7 @@ async fn receive_into(
                         recorder = Some(Recorder::start(state, batch));
                     }
                 }
-                let file = receive_file(state, batch, field, &mut total).await?;
+                let file = receive_file(state, batch, field, &mut budget).await?;
                 if unnamed && file.input_bytes == 0 {
                     continue;
                 }
@@ -148,7 +207,8 @@ async fn receive_into(
                 files.push(file);
             }
             "logo" => {
-                let bytes = logo_bytes(field, &mut total).await?;
+                budget.field()?;
+                let bytes = logo_bytes(field, &mut budget).await?;
                 if bytes.is_empty() {
                     continue; // the form's logo input, left empty
                 }
@@ -167,20 +227,20 @@ async fn receive_into(
                     .await?;
                 choices.logo = true;
             }
-            "pipeline" => choices.pipeline_json = Some(text(field, &mut total).await?),
+            "pipeline" => choices.pipeline_json = Some(text(field, &mut budget).await?),
             "form" => {
                 choices.from_form = true;
-                text(field, &mut total).await?;
+                text(field, &mut budget).await?;
             }
             "task" => {
-                let t = text(field, &mut total).await?;
+                let t = text(field, &mut budget).await?;
                 choices.form_tasks.push(t);
             }
             other if other.contains('.') => {
-                let value = text(field, &mut total).await?;
+                let value = text(field, &mut budget).await?;
                 choices.form_params.push((other.to_owned(), value));
             }
-            _ => drain(field, &mut total, settings.max_batch_bytes).await?,
+            _ => drain(field, &mut budget).await?,
         }
     }
 
@@ -206,7 +266,7 @@ async fn receive_into(
         tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }
     let status = recorded.status;
-    tracing::info!(%batch, files = files.len(), bytes = total, streamed, "batch received");
+    tracing::info!(%batch, files = files.len(), bytes = budget.total, streamed, "batch received");
     Ok(Received { batch, status })
 }
 
@@ -346,7 +406,7 @@ async fn receive_file(
     state: &AppState,
     batch: BatchId,
     mut field: Field<'_>,
-    total: &mut u64,
+    budget: &mut Budget,
 ) -> Result<NewImage, AppError> {
     let settings = &state.settings;
     let id = ImageId::new();
@@ -359,11 +419,8 @@ async fn receive_file(
 
     let outcome: Result<(), AppError> = async {
         while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
-            *total += chunk.len() as u64;
+            budget.bytes(chunk.len())?;
             size += chunk.len() as u64;
-            if *total > settings.max_batch_bytes {
-                return Err(too_large_batch(settings.max_batch_bytes));
-            }
             if rejected.is_some() {
                 continue; // read and discard the rest of a refused file
             }
@@ -472,10 +529,10 @@ async fn start(
 }
 
 /// The bytes of the logo field, at most [`jobs::pipeline::MAX_LOGO_BYTES`].
-async fn logo_bytes(mut field: Field<'_>, total: &mut u64) -> Result<Vec<u8>, AppError> {
+async fn logo_bytes(mut field: Field<'_>, budget: &mut Budget) -> Result<Vec<u8>, AppError> {
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
-        *total += chunk.len() as u64;
+        budget.bytes(chunk.len())?;
         buf.extend_from_slice(&chunk);
         if buf.len() > jobs::pipeline::MAX_LOGO_BYTES {
             return Err(AppError::TooLarge(format!(
@@ -487,11 +544,12 @@ async fn logo_bytes(mut field: Field<'_>, total: &mut u64) -> Result<Vec<u8>, Ap
     Ok(buf)
 }
 
-async fn text(mut field: Field<'_>, total: &mut u64) -> Result<String, AppError> {
+async fn text(mut field: Field<'_>, budget: &mut Budget) -> Result<String, AppError> {
+    budget.field()?;
     let name = field.name().unwrap_or_default().to_owned();
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
-        *total += chunk.len() as u64;
+        budget.field_bytes(chunk.len())?;
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_FIELD_BYTES {
             return Err(AppError::TooLarge(format!(
@@ -503,12 +561,11 @@ async fn text(mut field: Field<'_>, total: &mut u64) -> Result<String, AppError>
         .map_err(|_| AppError::BadRequest(format!("the field {name:?} is not valid UTF-8")))
 }
 
-async fn drain(mut field: Field<'_>, total: &mut u64, limit: u64) -> Result<(), AppError> {
+/// A part we do not know: read and dropped, within the fields' budget.
+async fn drain(mut field: Field<'_>, budget: &mut Budget) -> Result<(), AppError> {
+    budget.field()?;
     while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
-        *total += chunk.len() as u64;
-        if *total > limit {
-            return Err(too_large_batch(limit));
-        }
+        budget.field_bytes(chunk.len())?;
     }
     Ok(())
 }
@@ -542,5 +599,36 @@ pub fn human_bytes(n: u64) -> String {
         format!("{:.1} KiB", n as f64 / 1024.0)
     } else {
         format!("{n} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn every_part_counts_and_the_first_excess_ends_the_upload() {
+        let mut budget = Budget::new(1_000_000);
+        for _ in 0..MAX_FIELDS {
+            budget.field().expect("within the count");
+        }
+        let err = budget.field().expect_err("one field too many");
+        assert!(err.to_string().contains("too many fields"), "{err}");
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let mut budget = Budget::new(u64::MAX);
+        budget
+            .field_bytes(MAX_FIELDS_BYTES)
+            .expect("within the fields' bytes");
+        let err = budget.field_bytes(1).expect_err("one byte too many");
+        assert!(err.to_string().contains("besides the files"), "{err}");
+
+        // Field bytes count toward the batch as well; files only toward the batch.
+        let mut budget = Budget::new(100);
+        budget.field_bytes(60).expect("fits");
+        budget.bytes(40).expect("fits");
+        let err = budget.bytes(1).expect_err("over the batch");
+        assert!(err.to_string().contains("MAX_BATCH_BYTES"), "{err}");
     }
 }
