@@ -63,6 +63,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 500 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_bytes: u64,
 
+    /// Most uploads `web` receives at once; beyond it a submission is answered 503 with
+    /// `Retry-After`. Each upload holds at most three parts of 8 MiB in memory.
+    #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_uploads: u32,
+
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_image_pixels: u64,

@@ -1030,6 +1030,64 @@ async fn endless_form_fields_are_refused_at_once_and_leave_nothing() {
     sys.shutdown().await;
 }
 
+/// Beyond `MAX_CONCURRENT_UPLOADS` uploads at once, a submission is answered 503 with
+/// `Retry-After`, through the API and the form alike; the slot is free again once the upload
+/// in progress ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_beyond_the_limit_get_503_with_retry_after() {
+    let sys = System::start(
+        "hostile-busy",
+        Options::default().env("MAX_CONCURRENT_UPLOADS", 1),
+    )
+    .await
+    .expect("system starts");
+    let file = png_of_len(8, 8, 2_000);
+    // One upload in progress: its first file is in, the rest has not come.
+    let mut holding = sys.raw_upload("/api/batches").await.expect("connects");
+    holding.file("files", "a.png", &file).await.expect("sends");
+    let started = Instant::now();
+    while sys.count("SELECT count(*) FROM batches").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the upload never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    for path in ["/api/batches", "/batches"] {
+        let form = reqwest::multipart::Form::new().part(
+            "files",
+            reqwest::multipart::Part::bytes(file.clone()).file_name("b.png"),
+        );
+        let res = client
+            .post(sys.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(res.status().as_u16(), 503, "{path}");
+        assert_eq!(
+            res.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("5"),
+            "{path}"
+        );
+        let body = res.text().await.unwrap_or_default();
+        assert!(
+            body.contains("uploads are arriving already"),
+            "{path}: {body}"
+        );
+    }
+    let (code, body) = holding.finish().await.expect("an answer");
+    assert_eq!(code, 202, "{body}");
+    // The slot is free again.
+    let (code, body) = sys.submit(&[("c.png", file.clone())], None).await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 2);
+    sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_parts() {
     let sys = System::start(

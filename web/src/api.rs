@@ -30,7 +30,13 @@ impl IntoResponse for ApiError {
         if matches!(self.0, AppError::Gone) {
             body["status"] = json!("expired");
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = self.0.retry_after() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

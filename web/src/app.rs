@@ -27,6 +27,8 @@ pub struct AppState {
     pub uploads: jobs::InProgress<BatchId>,
     /// Sends the images of uploads still arriving to the workers, as they are stored.
     pub dispatch: jobs::dispatch::Soon,
+    /// One permit per upload received at once (`MAX_CONCURRENT_UPLOADS`).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -40,6 +42,9 @@ impl AppState {
         let dispatch =
             jobs::dispatch::Soon::spawn(db.clone(), queues.clone(), settings.dispatch_window);
         Ok(Self {
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_uploads as usize,
+            )),
             dispatch,
             db,
             storage,

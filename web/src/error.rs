@@ -17,6 +17,9 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many uploads at once: try again in a few seconds.
+    #[error("{0}")]
+    Busy(String),
     #[error("something went wrong on our side")]
     Internal(#[source] anyhow::Error),
 }
@@ -29,8 +32,17 @@ impl AppError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds after which trying again makes sense (`Retry-After`), for answers that say so.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Busy(_) => Some(5),
+            Self::Unavailable(_) => Some(30),
+            _ => None,
         }
     }
 

@@ -32,14 +32,21 @@ impl IntoResponse for PageError {
             AppError::Gone => "This batch has expired",
             AppError::BadRequest(_) | AppError::TooLarge(_) => "That did not work",
             AppError::Conflict(_) => "Not ready yet",
-            AppError::Unavailable(_) => "Please try again in a moment",
+            AppError::Unavailable(_) | AppError::Busy(_) => "Please try again in a moment",
             AppError::Internal(_) => "Something went wrong",
         };
         let message = match &self.0 {
             AppError::Gone => "Its files were deleted one hour after it finished, as promised. Upload the images again to get a new download.".to_owned(),
             other => other.user_message(),
         };
-        render(status, &MessagePage { title, message })
+        let retry_after = self.0.retry_after();
+        let mut response = render(status, &MessagePage { title, message });
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -103,10 +103,22 @@ pub async fn receive(state: &AppState, multipart: Multipart) -> Result<Received,
     // The upload runs on a task of its own: should the client go away and the request's future
     // be dropped, the body ends in an error and the upload still cleans up after itself (and its
     // images that workers already took).
+    let Ok(slot) = state.upload_slots.clone().try_acquire_owned() else {
+        tracing::warn!("refusing a submission: every upload slot is taken");
+        return Err(AppError::Busy(format!(
+            "{} uploads are arriving already, the most this server takes at once; please try \
+             again in a few seconds",
+            state.settings.max_concurrent_uploads
+        )));
+    };
     let state = state.clone();
-    tokio::spawn(async move { receive_owned(&state, multipart).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?
+    tokio::spawn(async move {
+        let received = receive_owned(&state, multipart).await;
+        drop(slot); // after the clean-up of a refused upload, too
+        received
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
 }
 
 async fn receive_owned(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
