@@ -68,6 +68,16 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_uploads: u32,
 
+    /// An upload must bring at least this many bytes per second, counted over each
+    /// `UPLOAD_WINDOW_SECONDS`; a slower one (a client trickling its body, or gone quiet) is
+    /// refused with 408, so that it cannot hold an upload slot for long.
+    #[arg(long, env = "UPLOAD_MIN_BYTES_PER_SECOND", default_value_t = 2048)]
+    pub upload_min_bytes_per_second: u64,
+
+    /// The window over which `UPLOAD_MIN_BYTES_PER_SECOND` is counted, in seconds.
+    #[arg(long, env = "UPLOAD_WINDOW_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_window_seconds: u64,
+
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_image_pixels: u64,

@@ -687,15 +687,16 @@ impl RawUpload {
             .await
     }
 
-    /// Sends the text field `name` = `value` again and again, at most `count` times, while
-    /// reading the answer, as a client that never stops would; stops at the answer, or when
-    /// the server has not taken a part for 5 s. Returns the answer and how many bytes of fields
-    /// had been sent by then.
+    /// Sends the text field `name` = `value` again and again, at most `count` times and `pause`
+    /// apart, while reading the answer, as a client that never ends its body would; stops at the
+    /// answer, or when the server has not taken a part for 5 s. Returns the answer and how many
+    /// bytes of fields had been sent by then.
     pub async fn flood(
         self,
         name: &str,
         value: &str,
         count: usize,
+        pause: Duration,
     ) -> anyhow::Result<(u16, String, u64)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut reader, mut writer) = self.stream.into_split();
@@ -719,6 +720,9 @@ impl RawUpload {
             match tokio::time::timeout(Duration::from_secs(5), writer.write_all(&chunk)).await {
                 Ok(Ok(())) => sent += part.len() as u64,
                 _ => break, // refused (the connection is closed) or no longer read
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
         let answer = String::from_utf8_lossy(&answer.await?).into_owned();

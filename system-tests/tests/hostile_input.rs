@@ -1015,7 +1015,10 @@ async fn endless_form_fields_are_refused_at_once_and_leave_nothing() {
         ("something-else", big.as_str(), "besides the files"),
     ] {
         let upload = sys.raw_upload("/api/batches").await.expect("connects");
-        let (code, body, sent) = upload.flood(name, value, 4_000).await.expect("an answer");
+        let (code, body, sent) = upload
+            .flood(name, value, 4_000, Duration::ZERO)
+            .await
+            .expect("an answer");
         assert_eq!(code, 413, "{name}: {body}");
         assert!(body.contains(says), "{name}: {body}");
         // The budget is 512 KiB and 256 fields; what was sent beyond it sat in buffers.
@@ -1085,6 +1088,49 @@ async fn uploads_beyond_the_limit_get_503_with_retry_after() {
     let (code, body) = sys.submit(&[("c.png", file.clone())], None).await.unwrap();
     assert_eq!(code, 202, "{body}");
     assert_eq!(sys.count("SELECT count(*) FROM batches").await, 2);
+    sys.shutdown().await;
+}
+
+/// A body that trickles, or goes quiet, is refused with 408 once a window passes below the
+/// pace (here 10 KB/s over 1 s), leaving nothing; a client at an ordinary speed is not bothered.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickling_or_silent_bodies_are_cut_off_after_one_window() {
+    let sys = System::start(
+        "hostile-slow",
+        Options::default()
+            .env("UPLOAD_WINDOW_SECONDS", 1)
+            .env("UPLOAD_MIN_BYTES_PER_SECOND", 10_000),
+    )
+    .await
+    .expect("system starts");
+    for (what, count, pause) in [
+        (
+            "a trickle of a field every 100 ms",
+            600,
+            Duration::from_millis(100),
+        ),
+        ("a body that never comes", 0, Duration::ZERO),
+    ] {
+        let started = Instant::now();
+        let upload = sys.raw_upload("/api/batches").await.expect("connects");
+        let (code, body, _) = upload
+            .flood("watermark.opacity", "0.5", count, pause)
+            .await
+            .expect("an answer");
+        assert_eq!(code, 408, "{what}: {body}");
+        assert!(body.contains("too slowly"), "{what}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: cut off only after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(sys.count("SELECT count(*) FROM batches").await, 0);
+    let (code, body) = sys
+        .submit(&[("fine.png", png_of_len(8, 8, 50_000))], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 202, "{body}");
     sys.shutdown().await;
 }
 

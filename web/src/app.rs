@@ -118,14 +118,20 @@ impl Probe {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
+    let window = Duration::from_secs(state.settings.upload_window_seconds);
+    let min_rate = state.settings.upload_min_bytes_per_second;
+    let paced = axum::middleware::map_request(move |request: axum::extract::Request| async move {
+        crate::pace::pace(request, window, min_rate)
+    });
     Router::new()
         .route("/", get(pages::index))
-        .route("/batches", post(pages::submit))
+        .route("/batches", post(pages::submit).layer(paced.clone()))
         .route("/batches/{id}", get(pages::batch))
         .route("/batches/{id}/download", get(pages::download))
         .route("/static/app.js", get(pages::script))
         .route("/static/app.css", get(pages::style))
-        .route("/api/batches", post(api::submit))
+        .route("/api/batches", post(api::submit).layer(paced))
         .route("/api/batches/{id}", get(api::status))
         .route("/api/tasks", get(api::tasks))
         .route("/healthz", get(api::healthz))

@@ -8,6 +8,7 @@ use clap::Parser;
 mod api;
 mod app;
 mod error;
+mod pace;
 mod pages;
 mod upload;
 

@@ -30,7 +30,9 @@ impl IntoResponse for PageError {
         let title = match &self.0 {
             AppError::NotFound => "Not found",
             AppError::Gone => "This batch has expired",
-            AppError::BadRequest(_) | AppError::TooLarge(_) => "That did not work",
+            AppError::BadRequest(_) | AppError::TooLarge(_) | AppError::Timeout(_) => {
+                "That did not work"
+            }
             AppError::Conflict(_) => "Not ready yet",
             AppError::Unavailable(_) | AppError::Busy(_) => "Please try again in a moment",
             AppError::Internal(_) => "Something went wrong",

@@ -598,6 +598,13 @@ fn capitalise(s: &str) -> String {
 }
 
 fn bad_body(e: MultipartError) -> AppError {
+    if crate::pace::too_slow(&e) {
+        return AppError::Timeout(
+            "the upload arrived too slowly, so it was stopped; please try again on a better \
+             connection"
+                .into(),
+        );
+    }
     AppError::BadRequest(format!("the upload could not be read: {}", e.body_text()))
 }
 
