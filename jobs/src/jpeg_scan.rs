@@ -281,16 +281,8 @@ impl Scan {
         }
         let mut bits = Bits::new(&self.data);
         let mut dc = vec![0i32; self.components.len()];
-        let mut coeffs = [0i16; 64];
         // The rows above the band: only where they end, and the DC values there.
-        for _ in 0..first * self.mcus_x {
-            for &ci in &self.order {
-                let c = &self.components[ci];
-                for _ in 0..c.h * c.v {
-                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut coeffs)?;
-                }
-            }
-        }
+        self.skip(&mut bits, &mut dc, first * self.mcus_x)?;
         let (band_start, band_dc) = (bits.pos(), dc.clone());
         // The band, into rows of blocks per component.
         let rows = end - first;
@@ -300,22 +292,11 @@ impl Scan {
             .map(|c| vec![0i16; (rows * c.v * self.mcus_x * c.h * 64) as usize])
             .collect();
         let mut block = [0i16; 64];
-        for my in 0..rows {
-            for mx in 0..self.mcus_x {
-                for &ci in &self.order {
-                    let c = &self.components[ci];
-                    let width = (self.mcus_x * c.h) as usize;
-                    for by in 0..c.v {
-                        for bx in 0..c.h {
-                            block.fill(0);
-                            bits.block(&c.dc, &c.ac, &mut dc[ci], &mut block)?;
-                            let (row, col) = ((my * c.v + by) as usize, (mx * c.h + bx) as usize);
-                            let at = (row * width + col) * 64;
-                            band[ci][at..at + 64].copy_from_slice(&block);
-                        }
-                    }
-                }
-            }
+        for (ci, at) in self.band_blocks(rows) {
+            let c = &self.components[ci];
+            block.fill(0);
+            bits.block(&c.dc, &c.ac, &mut dc[ci], &mut block)?;
+            band[ci][at..at + 64].copy_from_slice(&block);
         }
         // The first MCU below the band, whose DC differences will change.
         let mut next: Vec<[i16; 64]> = Vec::new();
@@ -333,14 +314,7 @@ impl Scan {
         // is only known by reading it.
         let rest = bits.pos();
         let decoded = (first + rows) * self.mcus_x + (end < self.mcus_y) as u32;
-        for _ in decoded..self.mcus_x * self.mcus_y {
-            for &ci in &self.order {
-                let c = &self.components[ci];
-                for _ in 0..c.h * c.v {
-                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut coeffs)?;
-                }
-            }
-        }
+        self.skip(&mut bits, &mut dc, self.mcus_x * self.mcus_y - decoded)?;
         let data_end = bits.pos();
         if data_end > self.data.len() as u64 * 8 {
             return None;
@@ -360,21 +334,10 @@ impl Scan {
         let mut out = BitWriter::with_capacity(self.data.len() + 4096);
         out.copy(&self.data, 0, band_start);
         let mut dc = band_dc;
-        for my in 0..rows {
-            for mx in 0..self.mcus_x {
-                for &ci in &self.order {
-                    let c = &self.components[ci];
-                    let width = (self.mcus_x * c.h) as usize;
-                    for by in 0..c.v {
-                        for bx in 0..c.h {
-                            let (row, col) = ((my * c.v + by) as usize, (mx * c.h + bx) as usize);
-                            let at = (row * width + col) * 64;
-                            let block: &[i16; 64] = band[ci][at..at + 64].try_into().ok()?;
-                            out.block(block, &mut dc[ci], &c.dc, &c.ac)?;
-                        }
-                    }
-                }
-            }
+        for (ci, at) in self.band_blocks(rows) {
+            let c = &self.components[ci];
+            let block: &[i16; 64] = band[ci][at..at + 64].try_into().ok()?;
+            out.block(block, &mut dc[ci], &c.dc, &c.ac)?;
         }
         let mut blocks = next.iter();
         if end < self.mcus_y {
@@ -399,6 +362,40 @@ impl Scan {
         bytes.extend_from_slice(&data[at..]);
         bytes.extend_from_slice(input.get(self.data_end..)?);
         Some(bytes)
+    }
+
+    /// Reads `count` MCUs, keeping only the DC values they leave.
+    fn skip(&self, bits: &mut Bits, dc: &mut [i32], count: u32) -> Option<()> {
+        let mut coeffs = [0i16; 64];
+        for _ in 0..count {
+            for &ci in &self.order {
+                let c = &self.components[ci];
+                for _ in 0..c.h * c.v {
+                    bits.block(&c.dc, &c.ac, &mut dc[ci], &mut coeffs)?;
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// The blocks of `rows` MCU rows in scan order: each block's component, and its offset in
+    /// that component's rows of blocks, laid out as [`Scan::splice`] keeps them (every block of
+    /// the MCU grid, 64 coefficients each, row after row).
+    fn band_blocks(&self, rows: u32) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..rows).flat_map(move |my| {
+            (0..self.mcus_x).flat_map(move |mx| {
+                self.order.iter().flat_map(move |&ci| {
+                    let c = &self.components[ci];
+                    let width = (self.mcus_x * c.h) as usize;
+                    (0..c.v).flat_map(move |by| {
+                        (0..c.h).map(move |bx| {
+                            let (row, col) = ((my * c.v + by) as usize, (mx * c.h + bx) as usize);
+                            (ci, (row * width + col) * 64)
+                        })
+                    })
+                })
+            })
+        })
     }
 
     /// Decodes every block, calling `block(component, block_row, block_col, coefficients)`

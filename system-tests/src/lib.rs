@@ -638,6 +638,37 @@ pub struct RawUpload {
 
 const RAW_BOUNDARY: &str = "wmrawuploadboundary";
 
+/// One part of the body, followed by the delimiter that opens the next.
+fn part(disposition: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut part = format!("Content-Disposition: form-data; {disposition}\r\n\r\n").into_bytes();
+    part.extend_from_slice(bytes);
+    part.extend_from_slice(format!("\r\n--{RAW_BOUNDARY}\r\n").as_bytes());
+    part
+}
+
+/// `data` as one chunk of a chunked body.
+fn chunked(data: &[u8]) -> Vec<u8> {
+    let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
+}
+
+/// The status and body of a raw HTTP answer.
+fn parse_answer(answer: &[u8]) -> anyhow::Result<(u16, String)> {
+    let answer = String::from_utf8_lossy(answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 impl RawUpload {
     async fn start(base: &str, path: &str) -> anyhow::Result<Self> {
         use tokio::io::AsyncWriteExt;
@@ -658,21 +689,13 @@ impl RawUpload {
 
     async fn chunk(&mut self, data: &[u8]) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.stream
-            .write_all(format!("{:x}\r\n", data.len()).as_bytes())
-            .await?;
-        self.stream.write_all(data).await?;
-        self.stream.write_all(b"\r\n").await?;
+        self.stream.write_all(&chunked(data)).await?;
         self.stream.flush().await?;
         Ok(())
     }
 
     async fn part(&mut self, disposition: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let mut part =
-            format!("Content-Disposition: form-data; {disposition}\r\n\r\n").into_bytes();
-        part.extend_from_slice(bytes);
-        part.extend_from_slice(format!("\r\n--{RAW_BOUNDARY}\r\n").as_bytes());
-        self.chunk(&part).await
+        self.chunk(&part(disposition, bytes)).await
     }
 
     /// Sends a text field.
@@ -706,12 +729,8 @@ impl RawUpload {
                 .await;
             answer
         });
-        let mut part =
-            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}").into_bytes();
-        part.extend_from_slice(format!("\r\n--{RAW_BOUNDARY}\r\n").as_bytes());
-        let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
-        chunk.extend_from_slice(&part);
-        chunk.extend_from_slice(b"\r\n");
+        let part = part(&format!("name=\"{name}\""), value.as_bytes());
+        let chunk = chunked(&part);
         let mut sent = 0u64;
         for _ in 0..count {
             if answer.is_finished() {
@@ -725,16 +744,7 @@ impl RawUpload {
                 tokio::time::sleep(pause).await;
             }
         }
-        let answer = String::from_utf8_lossy(&answer.await?).into_owned();
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
+        let (status, body) = parse_answer(&answer.await?)?;
         Ok((status, body, sent))
     }
 
@@ -756,16 +766,6 @@ impl RawUpload {
         )
         .await
         .context("no answer within 60 s")??;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        parse_answer(&answer)
     }
 }
