@@ -1134,6 +1134,62 @@ async fn trickling_or_silent_bodies_are_cut_off_after_one_window() {
     sys.shutdown().await;
 }
 
+/// A client that trickles its request headers is disconnected once `HEADER_READ_TIMEOUT_SECONDS`
+/// (here 1) has passed, and does not keep `web` from answering others.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_headers_are_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sys = System::start(
+        "hostile-headers",
+        Options::default().env("HEADER_READ_TIMEOUT_SECONDS", 1),
+    )
+    .await
+    .expect("system starts");
+    let addr = sys.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let closed = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        // Returns when web closes the connection (end of stream, or a reset).
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    writer
+        .write_all(format!("POST /api/batches HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .expect("writes");
+    // A header byte every 100 ms, for at most 20 s.
+    for _ in 0..200 {
+        if closed.is_finished() || writer.write_all(b"X").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the trickling client is still connected after 25 s")
+        .expect("reader");
+    assert!(
+        after < Duration::from_secs(10),
+        "the trickling client was kept for {after:?}"
+    );
+    let res = sys
+        .http
+        .get(sys.url("/healthz"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(res.status().as_u16(), 200);
+    sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_parts() {
     let sys = System::start(

@@ -27,6 +27,10 @@ pub struct Cli {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
+    /// Seconds a client has to send a request's headers; a slower one is disconnected.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_seconds: u64,
+
     /// Create the S3 bucket at start when it does not exist.
     #[arg(long, env = "S3_CREATE_BUCKET", default_value_t = false, action = clap::ArgAction::Set)]
     pub s3_create_bucket: bool,
@@ -56,9 +60,55 @@ async fn main() -> anyhow::Result<()> {
     // On stdout, for scripts and tests that wait for it.
     println!("web listening on http://{local}");
     tracing::info!(%local, "web listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(jobs::signals::shutdown_signal())
-        .await?;
+    serve(
+        listener,
+        router,
+        std::time::Duration::from_secs(cli.header_read_timeout_seconds),
+        jobs::signals::shutdown_signal(),
+    )
+    .await;
     tracing::info!("web stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`, then lets the requests in progress finish.
+/// Unlike `axum::serve`, it gives hyper a timer, so that a client that trickles its headers is
+/// disconnected after `header_timeout` (request bodies have their own floor: `pace.rs`).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
