@@ -15,7 +15,7 @@ use image::metadata::Orientation;
 use turbojpeg::{libc, raw};
 
 use crate::jpeg::JpegInfo;
-use crate::overlay::{BlockPainter, Rect};
+use crate::overlay::{BlockPainter, Overlay, Rect};
 use crate::pipeline::{Format, Output, PreparedPipeline, ProcessError};
 
 /// The marks may cover at most this share of the image (in MCU-aligned area) for this path;
@@ -173,7 +173,45 @@ struct Job {
     regions: Vec<(Rect, Vec<BlockPainter>)>,
 }
 
+/// The largest horizontal and vertical sampling factors: an MCU is 8 times them in pixels.
+fn max_sampling(components: &[Component]) -> (u32, u32) {
+    let h = components.iter().map(|c| c.sampling.0).max().unwrap_or(1);
+    let v = components.iter().map(|c| c.sampling.1).max().unwrap_or(1);
+    (h as u32, v as u32)
+}
+
 impl Job {
+    /// The job of painting `overlays` within `rect` (whole MCUs, in pixels).
+    fn new(components: Vec<Component>, overlays: &[std::sync::Arc<Overlay>], rect: Rect) -> Self {
+        let (hmax, vmax) = max_sampling(&components);
+        let regions = components
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                let factors = (
+                    (hmax / c.sampling.0 as u32) as u8,
+                    (vmax / c.sampling.1 as u32) as u8,
+                );
+                let (bw, bh) = (8 * factors.0 as u32, 8 * factors.1 as u32);
+                let blocks = Rect {
+                    x0: rect.x0 / bw,
+                    y0: rect.y0 / bh,
+                    x1: rect.x1.div_ceil(bw),
+                    y1: rect.y1.div_ceil(bh),
+                };
+                let painters = overlays
+                    .iter()
+                    .map(|o| o.block_painter(ci.min(2), factors))
+                    .collect();
+                (blocks, painters)
+            })
+            .collect();
+        Self {
+            components,
+            regions,
+        }
+    }
+
     /// Blends the marks into one row of blocks of component `ci` at block row `row`.
     fn filter_row(&self, blocks: &mut [i16], ci: usize, row: u32) {
         let Some((region, painters)) = self.regions.get(ci) else {
@@ -264,8 +302,7 @@ pub(crate) fn process_dct(
     let Some(components) = components(input) else {
         return Ok(None);
     };
-    let hmax = components.iter().map(|c| c.sampling.0).max().unwrap_or(1) as u32;
-    let vmax = components.iter().map(|c| c.sampling.1).max().unwrap_or(1) as u32;
+    let (hmax, vmax) = max_sampling(&components);
     let bounds = overlays
         .iter()
         .filter_map(|o| o.bounds())
@@ -283,32 +320,7 @@ pub(crate) fn process_dct(
     if share > MAX_SHARE {
         return Ok(None);
     }
-    let regions = components
-        .iter()
-        .enumerate()
-        .map(|(ci, c)| {
-            let factors = (
-                (hmax / c.sampling.0 as u32) as u8,
-                (vmax / c.sampling.1 as u32) as u8,
-            );
-            let (bw, bh) = (8 * factors.0 as u32, 8 * factors.1 as u32);
-            let blocks = Rect {
-                x0: rect.x0 / bw,
-                y0: rect.y0 / bh,
-                x1: rect.x1.div_ceil(bw),
-                y1: rect.y1.div_ceil(bh),
-            };
-            let painters = overlays
-                .iter()
-                .map(|o| o.block_painter(ci.min(2), factors))
-                .collect();
-            (blocks, painters)
-        })
-        .collect();
-    let job = Job {
-        components,
-        regions,
-    };
+    let job = Job::new(components, &overlays, rect);
     check()?;
     // Only the band of MCU rows under the marks is decoded and encoded again, when the image
     // allows it (one baseline scan, no restart intervals, Huffman tables with every code the
@@ -520,39 +532,13 @@ mod tests {
             .unwrap_or_else(|| panic!("{w}x{h} {position}: no DCT path"));
         let overlays = pipeline.overlays(w, h).expect("ok").expect("marks");
         let components = components(input).expect("components");
-        let hmax = components.iter().map(|c| c.sampling.0).max().unwrap() as u32;
-        let vmax = components.iter().map(|c| c.sampling.1).max().unwrap() as u32;
+        let (hmax, vmax) = max_sampling(&components);
         let rect = mcu_rect(
             overlays[0].bounds().expect("paints"),
             (8 * hmax, 8 * vmax),
             (w, h),
         );
-        let job = Job {
-            regions: components
-                .iter()
-                .enumerate()
-                .map(|(ci, c)| {
-                    let f = (
-                        (hmax / c.sampling.0 as u32) as u8,
-                        (vmax / c.sampling.1 as u32) as u8,
-                    );
-                    let (bw, bh) = (8 * f.0 as u32, 8 * f.1 as u32);
-                    (
-                        Rect {
-                            x0: rect.x0 / bw,
-                            y0: rect.y0 / bh,
-                            x1: rect.x1.div_ceil(bw),
-                            y1: rect.y1.div_ceil(bh),
-                        },
-                        overlays
-                            .iter()
-                            .map(|o| o.block_painter(ci.min(2), f))
-                            .collect(),
-                    )
-                })
-                .collect(),
-            components,
-        };
+        let job = Job::new(components, &overlays, rect);
         let full =
             transform(input, &mut |b, ci, row| job.filter_row(b, ci, row)).expect("transcodes");
         let case = format!("{w}x{h} {position} ({} path)", out.path);
