@@ -9,7 +9,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use secrecy::ExposeSecret;
 
 use crate::Settings;
@@ -283,7 +283,7 @@ impl Storage {
             storage: self.clone(),
             key,
             content_type,
-            buffer: BytesMut::new(),
+            buffer: Vec::new(),
             part_size: PART_SIZE,
             multipart: None,
             written: 0,
@@ -511,11 +511,14 @@ pub struct Upload {
     storage: Storage,
     key: String,
     content_type: &'static str,
-    buffer: BytesMut,
+    buffer: Vec<u8>,
     part_size: usize,
     multipart: Option<Multipart>,
     written: u64,
 }
+
+/// Past this size, an [`Upload`]'s buffer grows to a whole part at once.
+const GROW_UNTIL: usize = 1024 * 1024;
 
 /// Parts uploaded at once by one [`Upload`].
 pub const PARTS_IN_FLIGHT: usize = 2;
@@ -554,11 +557,28 @@ impl Upload {
         &self.buffer
     }
 
-    pub async fn push(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
-        self.buffer.extend_from_slice(chunk);
+    pub async fn push(&mut self, mut chunk: &[u8]) -> Result<(), StorageError> {
         self.written += chunk.len() as u64;
-        if self.buffer.len() >= self.part_size {
-            self.flush_part().await?;
+        while !chunk.is_empty() {
+            // Each part is exactly `part_size` (the rest of a chunk opens the next one), in one
+            // buffer that grows by doubling while the file may still be small, then once to its
+            // full size: never past it, and without a trail of freed smaller buffers.
+            let room = self.part_size - self.buffer.len();
+            let (now, rest) = chunk.split_at(room.min(chunk.len()));
+            let needed = self.buffer.len() + now.len();
+            if needed > self.buffer.capacity() {
+                let grown = if needed > GROW_UNTIL {
+                    self.part_size
+                } else {
+                    (self.buffer.capacity() * 2).max(needed)
+                };
+                self.buffer.reserve_exact(grown - self.buffer.len());
+            }
+            self.buffer.extend_from_slice(now);
+            if self.buffer.len() == self.part_size {
+                self.flush_part().await?;
+            }
+            chunk = rest;
         }
         Ok(())
     }
@@ -580,7 +600,11 @@ impl Upload {
             let oldest = multipart.sending.pop_front().expect("parts in flight");
             multipart.sent.push(joined(oldest).await?);
         }
-        let body = self.buffer.split().freeze();
+        // The next part will be full too (or the last): its whole buffer at once.
+        let body = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(self.part_size),
+        ));
         let number = (multipart.sent.len() + multipart.sending.len()) as i32 + 1;
         let (storage, key, id) = (self.storage.clone(), self.key.clone(), multipart.id.clone());
         multipart.sending.push_back(tokio::spawn(async move {
@@ -594,7 +618,7 @@ impl Upload {
     /// Writes what is left and completes the object.
     pub async fn finish(mut self) -> Result<u64, StorageError> {
         if self.multipart.is_none() {
-            let body = self.buffer.split().freeze();
+            let body = Bytes::from(std::mem::take(&mut self.buffer));
             self.storage.put(&self.key, body, self.content_type).await?;
             return Ok(self.written);
         }

@@ -556,6 +556,11 @@ impl System {
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
+    /// The process id of `web`.
+    pub fn web_pid(&self) -> u32 {
+        self.web.as_ref().expect("web is running").id()
+    }
+
     /// The process ids of the worker processes, in the order they were started.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(_, child)| child.id()).collect()

@@ -1545,3 +1545,342 @@ async fn bad_parameters_get_400_naming_the_problem_and_create_nothing() {
     assert_eq!(sys.objects().await.unwrap(), Vec::<String>::new());
     sys.shutdown().await;
 }
+
+/// One of the hostile bodies of [`four_hostile_bodies_at_once_leave_web_flat_and_others_served`].
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    /// Form fields of 60 KB, one after another, up to 500 MB (chunked).
+    Fields,
+    /// Files one byte over `MAX_FILE_BYTES`, each an image by its first bytes, up to 520 MiB
+    /// (chunked): each is refused alone, until the batch's limit is crossed.
+    OversizedFiles,
+    /// Says it is 500 MB, then trickles one file at 1 KB/s.
+    Trickle,
+    /// Says it is 500 MB, sends its choices and one ordinary image, then nothing, ever.
+    Endless,
+}
+
+const HOSTILE_BOUNDARY: &str = "wmhostileboundary";
+/// What each hostile body says (or means to be) long.
+const HOSTILE_BYTES: u64 = 500_000_000;
+
+/// The body of a request in flight: each `send` is framed as a chunk when the body is chunked,
+/// and fails once the server has answered or stopped reading for 5 s.
+struct HostileBody {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    chunked: bool,
+    sent: u64,
+    answer: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl HostileBody {
+    async fn send(&mut self, data: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        if self.answer.is_finished() {
+            return false;
+        }
+        let framed;
+        let bytes = if self.chunked {
+            framed = [
+                format!("{:x}\r\n", data.len()).as_bytes(),
+                data,
+                b"\r\n".as_slice(),
+            ]
+            .concat();
+            &framed
+        } else {
+            data
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.writer.write_all(bytes)).await {
+            Ok(Ok(())) => {
+                self.sent += data.len() as u64;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn part_head(disposition: &str) -> Vec<u8> {
+    format!("Content-Disposition: form-data; {disposition}\r\n\r\n").into_bytes()
+}
+
+fn part_end() -> Vec<u8> {
+    format!("\r\n--{HOSTILE_BOUNDARY}\r\n").into_bytes()
+}
+
+/// Sends one hostile body to `POST /api/batches` (every loop bounded in count and time) while
+/// reading the answer: its status, its body, the bytes sent and how long it took.
+async fn send_hostile(
+    addr: String,
+    kind: Hostile,
+    max_file_bytes: u64,
+    image: Vec<u8>,
+) -> (u16, String, u64, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    let (mut reader, writer) = stream.into_split();
+    let answer = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(120), reader.read_to_end(&mut answer)).await;
+        answer
+    });
+    let chunked = matches!(kind, Hostile::Fields | Hostile::OversizedFiles);
+    let mut body = HostileBody {
+        writer,
+        chunked: false,
+        sent: 0,
+        answer,
+    };
+    let length = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {HOSTILE_BYTES}")
+    };
+    let head = format!(
+        "POST /api/batches HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: multipart/form-data; boundary={HOSTILE_BOUNDARY}\r\n{length}\r\n\r\n"
+    );
+    assert!(body.send(head.as_bytes()).await, "{kind:?}: the head");
+    body.sent = 0;
+    body.chunked = chunked;
+    body.send(format!("--{HOSTILE_BOUNDARY}\r\n").as_bytes())
+        .await;
+    let png_head = flat_png(64, 64, [200, 30, 30, 255]);
+    match kind {
+        Hostile::Fields => {
+            let field = [
+                part_head("name=\"watermark.text\""),
+                vec![b'v'; 60_000],
+                part_end(),
+            ]
+            .concat();
+            while body.sent < HOSTILE_BYTES && body.send(&field).await {}
+        }
+        Hostile::OversizedFiles => {
+            let zeros = vec![0u8; 1 << 20];
+            'files: for i in 0..10 {
+                let disposition = format!("name=\"files\"; filename=\"big-{i}.png\"");
+                if !body.send(&part_head(&disposition)).await || !body.send(&png_head).await {
+                    break;
+                }
+                let mut left = max_file_bytes + 1 - png_head.len() as u64;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    if !body.send(&zeros[..n]).await {
+                        break 'files;
+                    }
+                    left -= n as u64;
+                }
+                if !body.send(&part_end()).await {
+                    break;
+                }
+            }
+        }
+        Hostile::Trickle => {
+            body.send(&part_head("name=\"files\"; filename=\"slow.png\""))
+                .await;
+            body.send(&png_head).await;
+            for _ in 0..600 {
+                if !body.send(&[0u8; 100]).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Hostile::Endless => {
+            let pipeline = json!([{"task": "watermark", "text": "held"}]).to_string();
+            body.send(
+                &[
+                    part_head("name=\"pipeline\""),
+                    pipeline.into_bytes(),
+                    part_end(),
+                ]
+                .concat(),
+            )
+            .await;
+            body.send(
+                &[
+                    part_head("name=\"files\"; filename=\"first.jpg\""),
+                    image,
+                    part_end(),
+                ]
+                .concat(),
+            )
+            .await;
+            // Then nothing: wait (at most 60 s) for web to give up.
+            let waited = Instant::now();
+            while !body.answer.is_finished() && waited.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let sent = body.sent;
+    let HostileBody { writer, answer, .. } = body;
+    drop(writer);
+    let answer = answer.await.expect("the reader");
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{kind:?}: not an HTTP answer after {sent} bytes: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body, sent, started.elapsed())
+}
+
+/// Four hostile bodies of 500 MB at once (endless fields, oversized files, a trickle, and a
+/// body that never ends) are each refused, while `web` stays within 64 MiB of its idle memory,
+/// ordinary uploads made meanwhile are served, and nothing of the hostile ones is left in
+/// Postgres or S3. A body that says it is beyond the limit is refused before it is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_hostile_bodies_at_once_leave_web_flat_and_others_served() {
+    let max_file_bytes: u64 = 50 << 20;
+    let sys = System::start(
+        "hostile-four",
+        Options::default()
+            .env("MAX_FILE_BYTES", max_file_bytes)
+            .env("MAX_BATCH_BYTES", 500 << 20)
+            .env("UPLOAD_WINDOW_SECONDS", 3)
+            .env("UPLOAD_MIN_BYTES_PER_SECOND", 10_000),
+    )
+    .await
+    .expect("system starts");
+    let web = sys.web_pid();
+    let idle = proc_kib(web, "VmRSS");
+    let addr = sys.base.trim_start_matches("http://").to_owned();
+
+    // Declared beyond the limit: refused from its headers, before a byte of it is sent.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/batches HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 600000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered without the body")
+            .expect("reads");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(answer.contains("MAX_BATCH_BYTES"), "{answer}");
+    }
+
+    let image = photo_jpeg(320, 240, 7);
+    let hostile: Vec<_> = [
+        Hostile::Fields,
+        Hostile::OversizedFiles,
+        Hostile::Trickle,
+        Hostile::Endless,
+    ]
+    .into_iter()
+    .map(|kind| {
+        let (addr, image) = (addr.clone(), image.clone());
+        (
+            kind,
+            tokio::spawn(send_hostile(addr, kind, max_file_bytes, image)),
+        )
+    })
+    .collect();
+
+    // Ordinary uploads, one every 300 ms while the hostile bodies are in flight (at most 60).
+    let mut ordinary = Vec::new();
+    for i in 0..60 {
+        if hostile.iter().all(|(_, task)| task.is_finished()) && ordinary.len() >= 3 {
+            break;
+        }
+        let (code, body) = sys
+            .submit(
+                &[
+                    (&format!("a{i}.jpg"), image.clone()),
+                    (&format!("b{i}.jpg"), photo_jpeg(200, 150, i)),
+                ],
+                None,
+            )
+            .await
+            .expect("answers");
+        assert_eq!(code, 202, "an ordinary upload next to hostile ones: {body}");
+        ordinary.push(body["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    for (kind, task) in hostile {
+        let (code, body, sent, took) = task.await.expect("the hostile client");
+        println!(
+            "{kind:?}: {code} after {:.1} MiB in {took:.1?}: {body}",
+            sent as f64 / (1 << 20) as f64
+        );
+        let (want, says) = match kind {
+            Hostile::Fields => (413, "besides the files"),
+            Hostile::OversizedFiles => (413, "MAX_BATCH_BYTES"),
+            Hostile::Trickle | Hostile::Endless => (408, "too slowly"),
+        };
+        assert_eq!(code, want, "{kind:?}: {body}");
+        assert!(body.contains(says), "{kind:?}: {body}");
+        if let Hostile::OversizedFiles = kind {
+            assert!(
+                sent > 500 << 20,
+                "{kind:?}: refused after {sent} bytes, before the batch's limit"
+            );
+        }
+    }
+
+    for id in &ordinary {
+        let batch = sys
+            .wait_final(id, Duration::from_secs(120))
+            .await
+            .expect("finishes");
+        assert_eq!(batch["status"], "done", "{batch}");
+        let (code, zip) = sys.download(id).await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(unzip(&zip).len(), 2, "batch {id}");
+    }
+
+    let peak = proc_kib(web, "VmHWM");
+    println!(
+        "web: idle {} MiB, peak {} MiB, {} ordinary batches served meanwhile",
+        idle / 1024,
+        peak / 1024,
+        ordinary.len()
+    );
+    assert!(
+        peak < idle + 64 * 1024,
+        "web grew from {idle} KiB idle to a peak of {peak} KiB"
+    );
+
+    // Nothing of the hostile bodies is left: only the ordinary batches, their images and files.
+    assert_eq!(
+        sys.count("SELECT count(*) FROM batches").await,
+        ordinary.len() as i64
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) FROM images").await,
+        2 * ordinary.len() as i64
+    );
+    let prefixes: Vec<String> = ordinary
+        .iter()
+        .map(|id| jobs::domain::keys::batch_prefix(id.parse().expect("a batch id")))
+        .collect();
+    for key in sys.objects().await.unwrap() {
+        assert!(
+            prefixes.iter().any(|p| key.starts_with(p.as_str())),
+            "left behind: {key}"
+        );
+    }
+    assert_eq!(
+        sys.storage.abort_uploads("").await.unwrap(),
+        0,
+        "an unfinished multipart upload was left behind"
+    );
+    sys.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! The JSON API: submit a batch, follow it, list the tasks; and the health checks.
 
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -43,9 +43,10 @@ impl IntoResponse for ApiError {
 /// `POST /api/batches`: multipart with `files` (one or more) and an optional `pipeline` (JSON).
 pub async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     multipart: Multipart,
 ) -> Result<Response, ApiError> {
-    let received = upload::receive(&state, multipart).await?;
+    let received = upload::receive(&state, &headers, multipart).await?;
     let id = received.batch;
     Ok((
         StatusCode::ACCEPTED,

@@ -38,6 +38,7 @@ pub struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    return_large_buffers();
     jobs::config::load_dotenv();
     let cli = Cli::parse();
     jobs::telemetry::init(&cli.settings.log_format);
@@ -69,6 +70,19 @@ async fn main() -> anyhow::Result<()> {
     .await;
     tracing::info!("web stopped");
     Ok(())
+}
+
+/// Makes buffers of 128 KiB and more (upload parts, the multipart reader's buffer) come from
+/// their own mappings, which go back to the system when freed. By default glibc raises that
+/// threshold to the size of each such buffer freed (up to 32 MiB), after which they come from
+/// per-thread arenas, where freed memory stays resident: measured, an upload streaming 500 MiB of
+/// oversized files took `web` from 16 to 75–80 MiB with the default, and to 50 MiB with this.
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; called before any other work.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown`, then lets the requests in progress finish.

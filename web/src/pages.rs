@@ -3,7 +3,7 @@
 use askama::Template;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 
@@ -193,8 +193,12 @@ pub async fn index(State(state): State<AppState>) -> Response {
 }
 
 /// `POST /batches`: the form. Answers 303 to the waiting page, or the form again with the problem.
-pub async fn submit(State(state): State<AppState>, multipart: Multipart) -> Response {
-    match upload::receive(&state, multipart).await {
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
+    match upload::receive(&state, &headers, multipart).await {
         Ok(received) => Redirect::to(&format!("/batches/{}", received.batch)).into_response(),
         Err(e @ (AppError::BadRequest(_) | AppError::TooLarge(_))) => {
             let status = e.status();

@@ -5,6 +5,7 @@
 //! and dispatched as soon as it is stored. A refused or broken upload leaves nothing behind.
 
 use axum::extract::multipart::{Field, Multipart, MultipartError};
+use axum::http::{header, HeaderMap};
 use serde_json::{Map, Value};
 
 use jobs::db::{self, NewImage};
@@ -39,6 +40,16 @@ struct Budget {
 }
 
 impl Budget {
+    /// The largest body an upload within the limits can have: the files and fields, plus each
+    /// part's headers and delimiter (a generous 4 KiB for each part the limits allow) and a
+    /// margin. A body that says it is larger (`Content-Length`) is refused before it is read.
+    fn largest_body(max_batch_bytes: u64, max_files: u32) -> u64 {
+        let parts = max_files as u64 + MAX_FIELDS as u64 + 2;
+        max_batch_bytes
+            .saturating_add(parts * 4096)
+            .saturating_add(1024 * 1024)
+    }
+
     fn new(limit: u64) -> Self {
         Self {
             total: 0,
@@ -99,7 +110,25 @@ struct Choices {
     logo: bool,
 }
 
-pub async fn receive(state: &AppState, multipart: Multipart) -> Result<Received, AppError> {
+pub async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    multipart: Multipart,
+) -> Result<Received, AppError> {
+    // A body that says it is beyond the limit is refused before a byte of it is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let settings = &state.settings;
+    if declared
+        > Some(Budget::largest_body(
+            settings.max_batch_bytes,
+            settings.max_files_per_batch,
+        ))
+    {
+        return Err(too_large_batch(settings.max_batch_bytes));
+    }
     // The upload runs on a task of its own: should the client go away and the request's future
     // be dropped, the body ends in an error and the upload still cleans up after itself (and its
     // images that workers already took).
@@ -649,5 +678,10 @@ mod tests {
         budget.bytes(40).expect("fits");
         let err = budget.bytes(1).expect_err("over the batch");
         assert!(err.to_string().contains("MAX_BATCH_BYTES"), "{err}");
+
+        // A body may carry its parts' headers beyond the limit, but not much more.
+        let largest = Budget::largest_body(500 << 20, 200);
+        assert!(largest > (500 << 20) + 458 * 4096, "{largest}");
+        assert!(largest < (500 << 20) + (4 << 20), "{largest}");
     }
 }
