@@ -49,6 +49,7 @@ ensure_tools() {
   command -v nasm >/dev/null 2>&1 || missing+=(nasm)         # libjpeg-turbo's SIMD code
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the local services' certificates
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   if [ -z "$(garage_bin)" ]; then
     say "building the Garage S3 server $GARAGE_VERSION from crates.io (once; 15-25 minutes on 2 cores)"
@@ -74,6 +75,29 @@ ensure_secrets() {
   fi
   # shellcheck disable=SC1091
   . "$STATE/secrets"
+}
+
+# A certificate authority of this state folder, and a certificate it signed for 127.0.0.1 and
+# localhost: Postgres serves TLS with it, and the TLS tests start a Redis with it and check that
+# the apps verify it (sslmode=verify-full, rediss://).
+ensure_tls() {
+  local tls="$STATE/tls"
+  [ -f "$tls/server.pem" ] && [ -f "$tls/ca.pem" ] && return 0
+  say "making a test certificate authority and a certificate for 127.0.0.1 in $tls"
+  mkdir -p "$tls"
+  (
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=watermark local test CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+      -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > "$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null
+  ) || die "openssl could not make the test certificates in $tls"
+  chmod 644 "$tls/ca.pem" "$tls/server.pem"
 }
 
 # Sets bin, data, run and user for the Postgres of this state folder, and defines pgrun.
@@ -103,8 +127,12 @@ restart_postgres() {
 start_postgres() {
   local bin data run user
   pg_paths
-  if PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'select 1' >/dev/null 2>&1; then
-    return 0
+  local ssl
+  ssl="$(PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'show ssl' 2>/dev/null)"
+  [ "$ssl" = on ] && return 0
+  if [ "$ssl" = off ]; then
+    say "restarting Postgres with TLS on"
+    pgrun "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
   fi
   mkdir -p "$run"
   if [ ! -f "$data/PG_VERSION" ]; then
@@ -117,10 +145,13 @@ start_postgres() {
       || { rm -f "$pw"; die "initdb failed in $data"; }
     rm -f "$pw"
   fi
+  # Postgres reads its key as its own user, which may not reach $STATE.
+  cp "$STATE/tls/server.pem" "$STATE/tls/server.key" "$run/"
+  chmod 600 "$run/server.key"
   [ "$user" = "$(id -un)" ] || chown -R "$user" "$run"
   say "starting Postgres on 127.0.0.1:$PG_PORT"
   pgrun "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off" start >/dev/null \
+    -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c ssl=on -c ssl_cert_file=$run/server.pem -c ssl_key_file=$run/server.key" start >/dev/null \
     || die "Postgres did not start; see $run/postgres.log"
   PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d postgres -Atc \
     "select 1 from pg_database where datname='watermark'" | grep -q 1 \
@@ -201,6 +232,7 @@ TOML
 ensure_services() {
   ensure_tools
   ensure_secrets
+  ensure_tls
   start_postgres
   start_redis
   start_garage
@@ -216,6 +248,9 @@ S3_SECRET_ACCESS_KEY=$S3_SECRET
 WM_REDIS_PORT=$REDIS_PORT
 WM_PG_PORT=$PG_PORT
 WM_STATE_DIR=$STATE
+WM_TLS_CA=$STATE/tls/ca.pem
+WM_TLS_CERT=$STATE/tls/server.pem
+WM_TLS_KEY=$STATE/tls/server.key
 ENV
   umask 022
   say "Postgres, Redis and Garage are up (settings in $STATE/env)"

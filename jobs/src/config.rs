@@ -14,6 +14,12 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
     pub database_url: SecretString,
 
+    /// Most connections this process opens to Postgres. Size it so that `web`'s plus every
+    /// worker's stay under the server's `max_connections` (100 by default), with room for
+    /// administration: web + workers × pool ≤ max_connections − 5.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_pool_size: u32,
+
     /// Redis connection URL (job delivery only).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
     pub redis_url: SecretString,

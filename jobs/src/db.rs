@@ -14,9 +14,9 @@ pub type Db = PgPool;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Connects and applies the migrations (idempotent; concurrent starts wait on a lock).
-pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+pub async fn connect(url: &str, pool_size: u32) -> Result<Db, sqlx::Error> {
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await?;

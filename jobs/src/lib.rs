@@ -7,6 +7,7 @@ pub mod db;
 mod dct;
 pub mod dispatch;
 pub mod domain;
+pub mod health;
 mod jpeg;
 mod jpeg_scan;
 pub mod maintenance;
@@ -95,11 +96,58 @@ where
     }
 }
 
-/// Connects to Postgres (and migrates), waiting while it is not up.
-pub async fn connect_db(url: &str) -> anyhow::Result<db::Db> {
+/// Makes rustls use aws-lc-rs (as the S3 client does) wherever a library asks for the process's
+/// default: both aws-lc-rs and ring are compiled in, and with two, rustls picks none (the Redis
+/// client's TLS would panic).
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// Whether `error`, or one of its causes, is a TLS peer refusing or presenting a certificate we
+/// do not trust: a configuration problem, not a service that is still starting.
+pub fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(_)
+            );
+        }
+        // io::Error hides its inner error from `source`, and so does an Arc (the Redis
+        // client's errors hold theirs in one): look inside each.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if certificate_refused(inner) {
+                return true;
+            }
+        }
+        if let Some(inner) = e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        {
+            if certificate_refused(inner.as_ref()) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Connects to Postgres (and migrates), waiting while it is not up; at most `pool_size`
+/// connections at once (`DATABASE_POOL_SIZE`).
+pub async fn connect_db(url: &str, pool_size: u32) -> anyhow::Result<db::Db> {
     fn transient(e: &sqlx::Error) -> bool {
         match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Tls(e) => !certificate_refused(e.as_ref()),
+            sqlx::Error::Io(e) => !certificate_refused(e),
+            sqlx::Error::PoolTimedOut => true,
             // 57P03: the database system is starting up (or shutting down).
             sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
             // The connection broke while migrating.
@@ -111,14 +159,23 @@ pub async fn connect_db(url: &str) -> anyhow::Result<db::Db> {
             _ => false,
         }
     }
-    wait_for("Postgres (DATABASE_URL)", transient, || db::connect(url)).await
+    install_tls_provider();
+    wait_for("Postgres (DATABASE_URL)", transient, || {
+        db::connect(url, pool_size)
+    })
+    .await
 }
 
 /// Connects to Redis, waiting while it is not up.
 pub async fn connect_redis(url: &str) -> anyhow::Result<apalis_redis::ConnectionManager> {
     fn transient(e: &redis::RedisError) -> bool {
-        e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
+        (e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_connection_dropped())
+            && !certificate_refused(e)
     }
+    install_tls_provider();
     wait_for("Redis (REDIS_URL)", transient, || {
         apalis_redis::connect(url)
     })

@@ -22,14 +22,43 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     log: std::path::PathBuf,
+    tls: Option<RedisTls>,
+}
+
+/// A TLS port of a [`PrivateRedis`], beside its plain one, with this certificate and key.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    pub port: u16,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 impl PrivateRedis {
     pub async fn start(log: std::path::PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(log, None).await
+    }
+
+    /// A server that also serves TLS, with `cert` and `key`, on a port of its own
+    /// ([`PrivateRedis::tls_url`]); the test's own connections use the plain port.
+    pub async fn start_tls(
+        log: std::path::PathBuf,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        let tls = RedisTls {
+            port: free_port()?,
+            cert,
+            key,
+        };
+        Self::start_with(log, Some(tls)).await
+    }
+
+    async fn start_with(log: std::path::PathBuf, tls: Option<RedisTls>) -> anyhow::Result<Self> {
         let mut redis = Self {
             port: free_port()?,
             child: None,
             log,
+            tls,
         };
         redis.spawn().await?;
         Ok(redis)
@@ -39,12 +68,29 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `rediss://127.0.0.1:<tls port>/` (started with [`PrivateRedis::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{}/", tls.port)
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-port")
+                .arg(tls.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args([

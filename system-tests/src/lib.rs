@@ -70,6 +70,9 @@ pub struct Options {
     pub proxy_s3: bool,
     /// Reach Postgres through a proxy the test can cut ([`System::postgres_proxy`]).
     pub proxy_postgres: bool,
+    /// Reach Postgres and a Redis of this system's own over TLS only, verifying their
+    /// certificate against the local test CA (`sslmode=verify-full`, `rediss://`).
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -80,6 +83,7 @@ impl Default for Options {
             own_redis: false,
             proxy_s3: false,
             proxy_postgres: false,
+            tls: false,
         }
     }
 }
@@ -97,6 +101,11 @@ impl Options {
 
     pub fn proxy_postgres(mut self) -> Self {
         self.proxy_postgres = true;
+        self
+    }
+
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -171,7 +180,24 @@ impl System {
             .join("target/system-tests")
             .join(format!("{name}-{unique}"));
         std::fs::create_dir_all(&logs)?;
-        let redis = if options.own_redis {
+        let redis = if options.tls {
+            let redis = PrivateRedis::start_tls(
+                logs.join("redis.log"),
+                env("WM_TLS_CERT").into(),
+                env("WM_TLS_KEY").into(),
+            )
+            .await?;
+            vars.insert("REDIS_URL".into(), redis.tls_url());
+            let ca = env("WM_TLS_CA");
+            // The Redis client trusts the system's certificates, which SSL_CERT_FILE replaces.
+            vars.insert("SSL_CERT_FILE".into(), ca.clone());
+            let separator = if db_url.contains('?') { '&' } else { '?' };
+            vars.insert(
+                "DATABASE_URL".into(),
+                format!("{db_url}{separator}sslmode=verify-full&sslrootcert={ca}"),
+            );
+            Some(redis)
+        } else if options.own_redis {
             let redis = PrivateRedis::start(logs.join("redis.log")).await?;
             vars.insert("REDIS_URL".into(), redis.url());
             Some(redis)
@@ -223,7 +249,13 @@ impl System {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
-            db: PgPool::connect(&db_url).await?,
+            // Named, so that tests can tell the apps' connections from the harness's.
+            db: PgPool::connect_with(
+                db_url
+                    .parse::<sqlx::postgres::PgConnectOptions>()?
+                    .application_name("system-tests"),
+            )
+            .await?,
             storage,
             name: name.into(),
             env: vars,
@@ -524,11 +556,16 @@ impl System {
             .collect()
     }
 
-    /// This system's private Redis (started with [`Options::own_redis`]).
+    /// This system's private Redis (started with [`Options::own_redis`] or [`Options::tls`]).
     pub fn redis(&mut self) -> &mut PrivateRedis {
         self.redis
             .as_mut()
             .expect("started with Options::own_redis")
+    }
+
+    /// The environment every process of this system is started with.
+    pub fn env(&self) -> &HashMap<String, String> {
+        &self.env
     }
 
     /// The proxy between this system and S3 (started with [`Options::proxy_s3`]).
@@ -552,7 +589,12 @@ impl System {
 
     /// A connection to this system's Redis.
     pub async fn redis_connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.env["REDIS_URL"].as_str())?;
+        // A private Redis is reached on its plain port, even when the system uses its TLS one.
+        let url = match &self.redis {
+            Some(redis) => redis.url(),
+            None => self.env["REDIS_URL"].clone(),
+        };
+        let client = redis::Client::open(url)?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
 

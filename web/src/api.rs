@@ -174,19 +174,10 @@ pub async fn healthz() -> &'static str {
 /// `GET /readyz`: 200 when Postgres, Redis and S3 all answer; 503 naming the ones that do not.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let probe = state.probe().await;
-    let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let status = if probe.all_up() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "postgres": verdict(probe.postgres),
-            "redis": verdict(probe.redis),
-            "s3": verdict(probe.s3),
-        })),
-    )
-        .into_response()
+    (status, Json(probe.to_json())).into_response()
 }

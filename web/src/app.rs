@@ -11,6 +11,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use jobs::db::Db;
+use jobs::health::Probe;
 use jobs::queue::Queues;
 use jobs::storage::Storage;
 use jobs::BatchId;
@@ -35,7 +36,7 @@ impl AppState {
     /// Connects to Postgres and Redis, waiting for them when they are not up yet (and failing at
     /// once when they refuse this configuration).
     pub async fn connect(settings: jobs::Settings) -> anyhow::Result<Self> {
-        let db = jobs::connect_db(settings.database_url()).await?;
+        let db = jobs::connect_db(settings.database_url(), settings.database_pool_size).await?;
         let conn = jobs::connect_redis(settings.redis_url()).await?;
         let queues = Queues::with_connection(conn, &settings.queue_prefix, 1);
         let storage = Storage::new(&settings);
@@ -56,17 +57,7 @@ impl AppState {
 
     /// Asks Postgres, Redis and S3 whether they answer (each within 2 s).
     pub async fn probe(&self) -> Probe {
-        let limit = Duration::from_secs(2);
-        let (pg, redis, s3) = tokio::join!(
-            tokio::time::timeout(limit, jobs::db::ping(&self.db)),
-            tokio::time::timeout(limit, self.queues.ping()),
-            tokio::time::timeout(limit, self.storage.ping()),
-        );
-        Probe {
-            postgres: matches!(pg, Ok(Ok(()))),
-            redis: matches!(redis, Ok(Ok(()))),
-            s3: matches!(s3, Ok(Ok(()))),
-        }
+        Probe::run(&self.db, &self.queues, &self.storage).await
     }
 
     /// Reports progress on the uploads in hand every quarter of UPLOAD_STALE_SECONDS, so that
@@ -82,37 +73,6 @@ impl AppState {
             if let Err(e) = jobs::db::touch_uploads(&self.db, &batches).await {
                 tracing::warn!(error = %e, "cannot report upload progress");
             }
-        }
-    }
-}
-
-/// Which dependencies answer.
-#[derive(Debug, Clone, Copy)]
-pub struct Probe {
-    pub postgres: bool,
-    pub redis: bool,
-    pub s3: bool,
-}
-
-impl Probe {
-    pub fn all_up(&self) -> bool {
-        self.postgres && self.redis && self.s3
-    }
-
-    /// "Redis and S3", say; empty when all are up.
-    pub fn down(&self) -> String {
-        let down: Vec<&str> = [
-            (self.postgres, "the database (Postgres)"),
-            (self.redis, "the job queue (Redis)"),
-            (self.s3, "file storage (S3)"),
-        ]
-        .into_iter()
-        .filter_map(|(up, name)| (!up).then_some(name))
-        .collect();
-        match down.as_slice() {
-            [] => String::new(),
-            [one] => (*one).to_owned(),
-            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
         }
     }
 }

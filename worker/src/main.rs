@@ -11,6 +11,7 @@ mod apply;
 mod cron;
 mod dispatcher;
 mod handlers;
+mod health;
 mod isolate;
 
 /// Applies image tasks to uploaded batches, builds their zips, and purges expired batches.
@@ -66,6 +67,14 @@ pub struct Cli {
     #[arg(long, env = "WORKER_FAULT_INJECTION", default_value_t = false, hide = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub fault_injection: bool,
 
+    /// Port of the health endpoint (`/healthz`, `/readyz`); none when unset.
+    #[arg(long, env = "HEALTH_PORT")]
+    pub health_port: Option<u16>,
+
+    /// Address the health endpoint listens on (0.0.0.0 in containers).
+    #[arg(long, env = "HEALTH_HOST", default_value = "127.0.0.1")]
+    pub health_host: std::net::IpAddr,
+
     /// Seconds a stopping worker waits for the jobs it holds before it exits.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
@@ -119,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(cli.settings.clone());
     let name = cli.worker_name();
     let concurrency = cli.concurrency();
-    let db = jobs::connect_db(settings.database_url()).await?;
+    let db = jobs::connect_db(settings.database_url(), settings.database_pool_size).await?;
     let storage = jobs::storage::Storage::new(&settings);
     let conn = jobs::connect_redis(settings.redis_url()).await?;
     let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, concurrency);
@@ -145,6 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
+    if let Some(port) = cli.health_port {
+        let addr = std::net::SocketAddr::new(cli.health_host, port);
+        health::serve(ctx.clone(), concurrency, addr).await?;
+    }
 
     let poll = Duration::from_millis(cli.poll_interval_ms);
     let dispatcher = tokio::spawn(dispatcher::run(ctx.clone(), poll));
