@@ -216,4 +216,34 @@ mod tests {
         .expect("quality 300 is refused");
         assert!(err.to_string().contains("jpeg-quality"), "{err}");
     }
+
+    #[test]
+    fn an_empty_s3_endpoint_means_aws() {
+        let settings = |endpoint: &str| {
+            Cli::try_parse_from([
+                "x",
+                "--database-url",
+                "postgres://h/db",
+                "--redis-url",
+                "redis://h",
+                "--s3-bucket",
+                "b",
+                "--s3-access-key-id",
+                "k",
+                "--s3-secret-access-key",
+                "s",
+                "--s3-endpoint",
+                endpoint,
+            ])
+            .expect("valid settings")
+            .settings
+        };
+        use crate::storage::{Connections, StorageConfig};
+        let aws = StorageConfig::from_settings(&settings(""));
+        assert_eq!(aws.endpoint, None);
+        assert_eq!(aws.connections, Connections::Sdk);
+        let garage = StorageConfig::from_settings(&settings("http://garage:3900"));
+        assert_eq!(garage.endpoint.as_deref(), Some("http://garage:3900"));
+        assert_eq!(garage.connections, Connections::QuickAck);
+    }
 }

@@ -113,14 +113,19 @@ pub struct StorageConfig {
 
 impl StorageConfig {
     pub fn from_settings(settings: &Settings) -> Self {
+        // An empty S3_ENDPOINT (as compose passes an unset one) means AWS itself.
+        let endpoint = settings
+            .s3_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty());
         Self {
-            endpoint: settings.s3_endpoint.clone(),
+            connections: Connections::for_endpoint(endpoint.as_deref()),
+            endpoint,
             region: settings.s3_region.clone(),
             bucket: settings.s3_bucket.clone(),
             access_key_id: settings.s3_access_key_id.clone(),
             secret_access_key: settings.s3_secret_access_key.expose_secret().to_owned(),
             force_path_style: settings.s3_force_path_style,
-            connections: Connections::for_endpoint(settings.s3_endpoint.as_deref()),
         }
     }
 }
