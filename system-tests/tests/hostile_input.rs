@@ -15,7 +15,7 @@ use system_tests::images::{
     half_transparent_png, jpeg_declaring, palette_png, photo_jpeg, png16, png_declaring,
     png_of_len, png_with_bad_crc, png_with_garbage_idat, random_bytes, with_exif_orientation,
 };
-use system_tests::{Options, System};
+use system_tests::{proc_kib, Options, System};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -121,17 +121,6 @@ async fn page(sys: &System, path: &str) -> (u16, String) {
     let res = sys.http.get(sys.url(path)).send().await.expect("GET");
     let code = res.status().as_u16();
     (code, res.text().await.expect("a body"))
-}
-
-/// A peak memory figure of a process from `/proc/<pid>/status`, in KiB (`VmHWM`, `VmPeak`...).
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn assert_alive(pid: u32) {
