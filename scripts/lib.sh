@@ -51,6 +51,7 @@ ensure_tools() {
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the local services' certificates
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)  # the nginx tests
+  [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # the multi-host test
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   if [ -z "$(garage_bin)" ]; then
     say "building the Garage S3 server $GARAGE_VERSION from crates.io (once; 15-25 minutes on 2 cores)"

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 pub mod checks;
 pub mod faults;
+pub mod hosts;
 pub mod images;
 
 use faults::{PrivateRedis, TcpProxy};
@@ -130,6 +131,8 @@ pub struct System {
     pub name: String,
     env: HashMap<String, String>,
     web: Option<Child>,
+    /// What `web` is started through (`ip netns exec <namespace>`), if anything.
+    web_wrapper: Vec<String>,
     workers: Vec<(String, Child)>,
     logs: PathBuf,
     redis: Option<PrivateRedis>,
@@ -261,6 +264,7 @@ impl System {
             name: name.into(),
             env: vars,
             web: None,
+            web_wrapper: Vec::new(),
             workers: Vec::new(),
             logs,
             redis,
@@ -274,9 +278,91 @@ impl System {
         Ok(system)
     }
 
+    /// A system whose `web` runs against services of the test's own ([`hosts::Services`]),
+    /// started through `wrapper` (`ip netns exec <namespace>`) and listening on `host`; workers
+    /// are started with [`System::start_worker_via`].
+    pub async fn hosted(
+        name: &str,
+        services: &hosts::Services,
+        wrapper: Vec<String>,
+        host: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        binaries();
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("DATABASE_URL".into(), services.database_url.clone());
+        vars.insert("REDIS_URL".into(), services.redis_url.clone());
+        vars.insert("S3_ENDPOINT".into(), services.s3_endpoint.clone());
+        vars.insert("S3_REGION".into(), "us-east-1".into());
+        vars.insert("S3_BUCKET".into(), services.bucket.clone());
+        vars.insert("S3_ACCESS_KEY_ID".into(), services.access_key_id.clone());
+        vars.insert(
+            "S3_SECRET_ACCESS_KEY".into(),
+            services.secret_access_key.clone(),
+        );
+        vars.insert("QUEUE_PREFIX".into(), "watermark".into());
+        vars.insert("POLL_INTERVAL_MS".into(), "100".into());
+        vars.insert("RUST_LOG".into(), "info,worker=debug".into());
+        vars.insert("HOST".into(), host.into());
+        for (k, v) in env {
+            vars.insert((*k).into(), v.clone());
+        }
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let logs = workspace_root()
+            .join("target/system-tests")
+            .join(format!("{name}-{stamp}-{}", std::process::id()));
+        std::fs::create_dir_all(&logs)?;
+        let storage = Storage::from_config(StorageConfig {
+            connections: Connections::for_endpoint(Some(&services.s3_endpoint)),
+            endpoint: Some(services.s3_endpoint.clone()),
+            region: "us-east-1".into(),
+            bucket: services.bucket.clone(),
+            access_key_id: services.access_key_id.clone(),
+            secret_access_key: services.secret_access_key.clone(),
+            force_path_style: true,
+        });
+        let mut system = Self {
+            base: String::new(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            db: PgPool::connect_with(
+                services
+                    .database_url
+                    .parse::<sqlx::postgres::PgConnectOptions>()?
+                    .application_name("system-tests"),
+            )
+            .await?,
+            storage,
+            name: name.into(),
+            env: vars,
+            web: None,
+            web_wrapper: wrapper,
+            workers: Vec::new(),
+            logs,
+            redis: None,
+            s3_proxy: None,
+            pg_proxy: None,
+        };
+        system.start_web().await?;
+        Ok(system)
+    }
+
+    /// `bin` from [`binaries`], started through `wrapper` when there is one.
+    fn binary_command(bin: &str, wrapper: &[String]) -> Command {
+        match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(binaries().join(bin));
+                cmd
+            }
+            None => Command::new(binaries().join(bin)),
+        }
+    }
+
     /// Starts `web` (again, after [`System::kill_web`]) and waits until it listens.
     pub async fn start_web(&mut self) -> anyhow::Result<()> {
-        let mut child = Command::new(binaries().join("web"))
+        let mut child = Self::binary_command("web", &self.web_wrapper)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
@@ -307,11 +393,23 @@ impl System {
 
     /// Starts one more worker process named `name`.
     pub fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        let child = Command::new(binaries().join("worker"))
+        self.start_worker_via(name, &[], &[])
+    }
+
+    /// Starts a worker named `name` through `wrapper` (`ip netns exec <namespace>`), with
+    /// `env` over this system's environment.
+    pub fn start_worker_via(
+        &mut self,
+        name: &str,
+        wrapper: &[String],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let child = Self::binary_command("worker", wrapper)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
             .env("WORKER_NAME", name)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log_file(&self.logs, name)?)
             .spawn()
