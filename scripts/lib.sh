@@ -129,11 +129,14 @@ restart_postgres() {
 start_postgres() {
   local bin data run user
   pg_paths
-  local ssl
-  ssl="$(PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark -Atc 'show ssl' 2>/dev/null)"
-  [ "$ssl" = on ] && return 0
-  if [ "$ssl" = off ]; then
-    say "restarting Postgres with TLS on"
+  # Running already with TLS and pg_stat_statements (which the scaling test counts with): reuse
+  # it; running without them (started by an older version of this script): restart it.
+  local shown
+  shown="$(PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark \
+    -Atc "select current_setting('ssl') || ' ' || current_setting('shared_preload_libraries')" 2>/dev/null)"
+  [ "$shown" = "on pg_stat_statements" ] && return 0
+  if [ -n "$shown" ]; then
+    say "restarting Postgres with TLS and pg_stat_statements"
     pgrun "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
   fi
   mkdir -p "$run"
@@ -153,7 +156,7 @@ start_postgres() {
   [ "$user" = "$(id -un)" ] || chown -R "$user" "$run"
   say "starting Postgres on 127.0.0.1:$PG_PORT"
   pgrun "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c ssl=on -c ssl_cert_file=$run/server.pem -c ssl_key_file=$run/server.key" start >/dev/null \
+    -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c ssl=on -c ssl_cert_file=$run/server.pem -c ssl_key_file=$run/server.key -c shared_preload_libraries=pg_stat_statements" start >/dev/null \
     || die "Postgres did not start; see $run/postgres.log"
   PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d postgres -Atc \
     "select 1 from pg_database where datname='watermark'" | grep -q 1 \
