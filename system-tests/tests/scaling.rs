@@ -228,6 +228,11 @@ async fn statements_and_commands_per_image_and_per_batch_stay_within_budget() {
         per_batch.redis_us()
     );
     println!(
+        "idle statements per second:\n{}\nidle Redis commands per second:\n{}",
+        top(&idle_per_s.postgres, 1.0),
+        top(&idle_per_s.redis, 1.0)
+    );
+    println!(
         "statements per image in the batch of {large}:\n{}",
         top(&b.postgres, large as f64)
     );
