@@ -133,7 +133,7 @@ start_postgres() {
   # it; running without them (started by an older version of this script): restart it.
   local shown
   shown="$(PGPASSWORD="$PG_PASSWORD" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U watermark -d watermark \
-    -Atc "select current_setting('ssl') || ' ' || current_setting('shared_preload_libraries')" 2>/dev/null)"
+    -Atc "select current_setting('ssl') || ' ' || current_setting('shared_preload_libraries')" 2>/dev/null || true)"
   [ "$shown" = "on pg_stat_statements" ] && return 0
   if [ -n "$shown" ]; then
     say "restarting Postgres with TLS and pg_stat_statements"
