@@ -414,7 +414,7 @@ async fn a_poison_image_fails_alone_after_bounded_attempts() {
     .expect("system starts");
     let good = batch("good", 100, false);
     let mut all = files(&good);
-    let base = checks::batch("x", 1, false).remove(0).bytes;
+    let base = batch("x", 1, false).remove(0).bytes;
     all.push(("crash.png", checks::with_marker(&base, b"wm-fault:crash")));
     all.push(("hang.png", checks::with_marker(&base, b"wm-fault:hang")));
     let started = Instant::now();

@@ -46,7 +46,7 @@ impl IntoResponse for PageError {
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+                .insert(header::RETRY_AFTER, seconds.into());
         }
         response
     }

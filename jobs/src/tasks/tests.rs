@@ -10,7 +10,7 @@ fn samples() -> Vec<(&'static str, DynamicImage)> {
     let rgb = image::RgbImage::from_fn(64, 48, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 5) as u8, 128])
     });
-    let rgba = image::RgbaImage::from_fn(40, 40, |x, y| {
+    let rgba = RgbaImage::from_fn(40, 40, |x, y| {
         image::Rgba([200, (x * 6) as u8, (y * 6) as u8, (x * 6) as u8])
     });
     let grey = image::GrayImage::from_fn(33, 21, |x, y| image::Luma([(x * 7 + y) as u8]));
@@ -187,6 +187,6 @@ fn form_text_becomes_typed_values() {
         .find(|s| s.name == "opacity")
         .expect("opacity");
     assert_eq!(form_value(spec, "0.25"), json!(0.25));
-    assert_eq!(form_value(spec, ""), serde_json::Value::Null);
+    assert_eq!(form_value(spec, ""), Value::Null);
     assert_eq!(form_value(spec, "lots"), json!("lots"));
 }

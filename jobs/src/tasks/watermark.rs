@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn grey_and_alpha_images_keep_their_kind() {
-        let luma = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(50, 40, Luma([9])));
+        let luma = DynamicImage::ImageLuma8(GrayImage::from_pixel(50, 40, Luma([9])));
         assert_eq!(run(json!({}), luma).color(), image::ColorType::L8);
         let rgba = DynamicImage::ImageRgba8(RgbaImage::from_pixel(50, 40, Rgba([1, 2, 3, 0])));
         assert_eq!(run(json!({}), rgba).color(), image::ColorType::Rgba8);

@@ -241,10 +241,23 @@ fn as_files(files: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
 
 /// The CPU time `worker apply` spends on `files` with the default pipeline, on one thread.
 fn pipeline_cpu(files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
-    let dir = tempfile::tempdir()?;
+    // A folder of this run's own, removed at the end.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wm-bench-apply-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = apply_cpu(&dir, files);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn apply_cpu(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
     let mut paths = Vec::new();
     for (name, bytes) in files {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, bytes)?;
         paths.push(path);
     }
@@ -252,7 +265,7 @@ fn pipeline_cpu(files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
         .arg("apply")
         .arg("--quiet")
         .arg("--out")
-        .arg(dir.path().join("out"))
+        .arg(dir.join("out"))
         .args(&paths)
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
