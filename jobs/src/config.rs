@@ -155,6 +155,26 @@ impl Settings {
     }
 }
 
+/// A number of seconds as people say it: "one hour", "2 hours", "30 minutes", "one day",
+/// "90 seconds" (the largest whole unit).
+pub fn human_duration(seconds: u64) -> String {
+    for (unit, size) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
+        if seconds >= size && seconds % size == 0 {
+            let n = seconds / size;
+            return if n == 1 {
+                format!("one {unit}")
+            } else {
+                format!("{n} {unit}s")
+            };
+        }
+    }
+    if seconds == 1 {
+        "one second".into()
+    } else {
+        format!("{seconds} seconds")
+    }
+}
+
 /// Loads `.env` (when present) into the environment before clap reads it. Values already in the
 /// environment win.
 pub fn load_dotenv() {
@@ -215,6 +235,17 @@ mod tests {
         .err()
         .expect("quality 300 is refused");
         assert!(err.to_string().contains("jpeg-quality"), "{err}");
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human_duration(3600), "one hour");
+        assert_eq!(human_duration(7200), "2 hours");
+        assert_eq!(human_duration(1800), "30 minutes");
+        assert_eq!(human_duration(86_400), "one day");
+        assert_eq!(human_duration(90), "90 seconds");
+        assert_eq!(human_duration(5400), "90 minutes");
+        assert_eq!(human_duration(1), "one second");
     }
 
     #[test]

@@ -194,14 +194,21 @@ async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410(
     );
 
     let started = Instant::now();
-    let code = loop {
-        let (code, _) = sys.status(&id).await.unwrap();
+    let (code, gone) = loop {
+        let (code, body) = sys.status(&id).await.unwrap();
         if code == 410 || started.elapsed() > Duration::from_secs(30) {
-            break code;
+            break (code, body);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(code, 410, "the batch never expired");
+    // The answer says how long files are kept: RESULT_TTL_SECONDS, not a fixed hour.
+    assert!(
+        gone["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deleted 2 seconds after it finished")),
+        "{gone}"
+    );
     assert_eq!(
         sys.objects().await.unwrap(),
         Vec::<String>::new(),
@@ -216,7 +223,13 @@ async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410(
         .await
         .unwrap();
     assert_eq!(page.status().as_u16(), 410);
-    assert!(page.text().await.unwrap().contains("has expired"));
+    let page = page.text().await.unwrap();
+    assert!(page.contains("has expired"), "{page}");
+    assert!(page.contains("deleted 2 seconds after it finished"), "{page}");
+    assert!(
+        page.contains("Files are deleted 2 seconds after a batch is finished."),
+        "{page}"
+    );
     let purged = sys
         .count("SELECT count(*) FROM batches WHERE status = 'expired'")
         .await;

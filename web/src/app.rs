@@ -18,6 +18,15 @@ use jobs::BatchId;
 
 use crate::{api, pages};
 
+/// How long results are kept, as the pages say it ("one hour"), from `RESULT_TTL_SECONDS`; set
+/// once, when the state is made.
+static KEPT_FOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// How long results are kept ("one hour"): every page's footer and every "expired" message.
+pub fn kept_for() -> &'static str {
+    KEPT_FOR.get().map_or("a while", String::as_str)
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
@@ -36,6 +45,7 @@ impl AppState {
     /// Connects to Postgres and Redis, waiting for them when they are not up yet (and failing at
     /// once when they refuse this configuration).
     pub async fn connect(settings: jobs::Settings) -> anyhow::Result<Self> {
+        let _ = KEPT_FOR.set(jobs::config::human_duration(settings.result_ttl_seconds));
         let db = jobs::connect_db(settings.database_url(), settings.database_pool_size).await?;
         let conn = jobs::connect_redis(settings.redis_url()).await?;
         let queues = Queues::with_connection(conn, &settings.queue_prefix, 1);

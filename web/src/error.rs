@@ -11,7 +11,10 @@ pub enum AppError {
     TooLarge(String),
     #[error("no batch with this id")]
     NotFound,
-    #[error("this batch has expired: its files were deleted one hour after it finished")]
+    #[error(
+        "this batch has expired: its files were deleted {} after it finished",
+        crate::app::kept_for()
+    )]
     Gone,
     #[error("{0}")]
     Conflict(String),

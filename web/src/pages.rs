@@ -38,7 +38,11 @@ impl IntoResponse for PageError {
             AppError::Internal(_) => "Something went wrong",
         };
         let message = match &self.0 {
-            AppError::Gone => "Its files were deleted one hour after it finished, as promised. Upload the images again to get a new download.".to_owned(),
+            AppError::Gone => format!(
+                "Its files were deleted {} after it finished, as promised. Upload the images \
+                 again to get a new download.",
+                crate::app::kept_for()
+            ),
             other => other.user_message(),
         };
         let retry_after = self.0.retry_after();

@@ -102,7 +102,9 @@ function setupBatch() {
     try {
       const res = await fetch(`/api/batches/${encodeURIComponent(id)}`, { cache: "no-store" });
       if (res.status === 410) {
-        render({ status: "expired", total: 0, done: 0, failed: 0, images: [], error: "This batch has expired: its files were deleted one hour after it finished." });
+        // The answer says how long files are kept (RESULT_TTL_SECONDS).
+        const gone = await res.json().catch(() => ({}));
+        render({ status: "expired", total: 0, done: 0, failed: 0, images: [], error: gone.error || "This batch has expired." });
         return;
       }
       if (res.ok) {
