@@ -65,15 +65,18 @@ hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 ensure_secrets() {
   mkdir -p "$STATE"
   if [ ! -f "$STATE/secrets" ]; then
-    umask 077
-    {
-      echo "PG_PASSWORD=$(hex 16)"
-      echo "REDIS_PASSWORD=$(hex 16)"
-      echo "GARAGE_RPC_SECRET=$(hex 32)"
-      echo "S3_KEY_ID=GK$(hex 12)"
-      echo "S3_SECRET=$(hex 32)"
-    } > "$STATE/secrets"
-    umask 022
+    # Readable by its owner only from its first byte; the umask stays the caller's.
+    (
+      umask 077
+      {
+        echo "PG_PASSWORD=$(hex 16)"
+        echo "REDIS_PASSWORD=$(hex 16)"
+        echo "GARAGE_RPC_SECRET=$(hex 32)"
+        echo "S3_KEY_ID=GK$(hex 12)"
+        echo "S3_SECRET=$(hex 32)"
+      } > "$STATE/secrets.new"
+    )
+    mv "$STATE/secrets.new" "$STATE/secrets"
   fi
   # shellcheck disable=SC1091
   . "$STATE/secrets"
@@ -241,8 +244,10 @@ ensure_services() {
   start_postgres
   start_redis
   start_garage
-  umask 077
-  cat > "$STATE/env" <<ENV
+  # Holds the passwords: readable by its owner only from its first byte (a file written anew,
+  # so an older, wider mode cannot stay), with the umask left as the caller's.
+  rm -f "$STATE/env"
+  (umask 077; cat > "$STATE/env") <<ENV
 DATABASE_URL=postgres://watermark:$PG_PASSWORD@127.0.0.1:$PG_PORT/watermark
 REDIS_URL=redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/
 S3_ENDPOINT=http://127.0.0.1:$S3_PORT
@@ -257,6 +262,5 @@ WM_TLS_CA=$STATE/tls/ca.pem
 WM_TLS_CERT=$STATE/tls/server.pem
 WM_TLS_KEY=$STATE/tls/server.key
 ENV
-  umask 022
   say "Postgres, Redis and Garage are up (settings in $STATE/env)"
 }

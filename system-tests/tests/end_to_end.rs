@@ -225,7 +225,10 @@ async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410(
     assert_eq!(page.status().as_u16(), 410);
     let page = page.text().await.unwrap();
     assert!(page.contains("has expired"), "{page}");
-    assert!(page.contains("deleted 2 seconds after it finished"), "{page}");
+    assert!(
+        page.contains("deleted 2 seconds after it finished"),
+        "{page}"
+    );
     assert!(
         page.contains("Files are deleted 2 seconds after a batch is finished."),
         "{page}"

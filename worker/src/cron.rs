@@ -66,7 +66,10 @@ pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
     Ok(scheduler)
 }
 
-/// Claims this tick (the current second) of `job` for this replica.
+/// Claims the tick `job` fired for, named by the current second of this replica's clock: of the
+/// replicas whose clocks agree within that second, exactly one gets it and runs the job. Replicas
+/// whose clocks disagree by more name different ticks and may each run it; the purge's row locks
+/// keep that safe.
 async fn claim(ctx: &Ctx, job: &str) -> bool {
     let now = Utc::now();
     let tick = now.duration_trunc(TimeDelta::seconds(1)).unwrap_or(now);
