@@ -159,7 +159,7 @@ impl Settings {
 /// "90 seconds" (the largest whole unit).
 pub fn human_duration(seconds: u64) -> String {
     for (unit, size) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
-        if seconds >= size && seconds % size == 0 {
+        if seconds >= size && seconds.is_multiple_of(size) {
             let n = seconds / size;
             return if n == 1 {
                 format!("one {unit}")
