@@ -197,12 +197,15 @@ mod tests {
         let b = BatchId::new();
         let i = ImageId::new();
         let prefix = keys::batch_prefix(b);
+        // Every key a batch can own: the purge deletes the prefix, so one outside it would stay.
         for key in [
             keys::original(b, i),
             keys::output(b, i, "jpg"),
+            keys::logo(b),
             keys::archive(b),
         ] {
             assert!(key.starts_with(&prefix), "{key}");
+            assert!(key.len() > prefix.len(), "{key}");
         }
     }
 }
