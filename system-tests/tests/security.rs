@@ -587,11 +587,21 @@ async fn every_answer_carries_the_security_headers() {
         .await
         .unwrap();
     answers.push(("POST /batches (a form with no task)".into(), res));
-    let (code, _) = sys
-        .submit(&[("a.png", small_png(1))], Some(&json!("nope")))
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", json!("nope").to_string())
+        .part(
+            "files",
+            reqwest::multipart::Part::bytes(small_png(1)).file_name("a.png"),
+        );
+    let res = sys
+        .http
+        .post(sys.url("/api/batches"))
+        .multipart(form)
+        .send()
         .await
         .unwrap();
-    assert_eq!(code, 400);
+    assert_eq!(res.status().as_u16(), 400);
+    answers.push(("POST /api/batches (a bad pipeline)".into(), res));
 
     for (what, res) in answers {
         let h = res.headers();
