@@ -746,7 +746,7 @@ async fn the_same_corpus_through_the_browser_form_keeps_every_valid_pixel() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn decompression_bombs_are_refused_from_their_header_and_the_worker_stays_small() {
+async fn decompression_bombs_are_refused_from_their_header_and_the_image_children_stay_small() {
     // Workers that decode in child processes cap each child's address space: at 512 MiB, a
     // child that allocated the declared pixels (7 to 17 GiB) would die, and the image would fail
     // with another reason than the one checked below.
@@ -763,7 +763,7 @@ async fn decompression_bombs_are_refused_from_their_header_and_the_worker_stays_
         .await
         .expect("accepted");
     sys.wait_final(&warm_up, WAIT).await.expect("finishes");
-    let (rss_before, virt_before) = (proc_kib(pid, "VmHWM"), proc_kib(pid, "VmPeak"));
+    let rss_before = proc_kib(pid, "VmHWM");
     let children = ChildSampler::start(pid);
     let files = vec![
         ("bomb.png", png_declaring(50_000, 50_000)),
@@ -790,28 +790,21 @@ async fn decompression_bombs_are_refused_from_their_header_and_the_worker_stays_
     assert_eq!(status["images"][3]["status"], "done");
 
     assert_alive(pid);
-    let (rss, virt) = (proc_kib(pid, "VmHWM"), proc_kib(pid, "VmPeak"));
     let (seen, child_rss) = children.stop();
     eprintln!(
-        "worker peak RSS {} MiB (before the bombs {} MiB); peak virtual {} MiB (before {} MiB); \
-         {seen} image child process(es) sampled, largest peak RSS {} MiB",
-        rss / 1024,
+        "{seen} image child process(es) sampled, largest peak RSS {} MiB (before the bombs the \
+         worker itself peaked at {} MiB)",
+        child_rss / 1024,
         rss_before / 1024,
-        virt / 1024,
-        virt_before / 1024,
+    );
+    // The decoding happens in the image children: they are what a bomb would swell. Each bomb
+    // was refused from its header, so no child came near the pixels it declared (a 50,000 ×
+    // 50,000 RGBA image is 9.3 GiB).
+    assert!(seen >= 1, "no image child process was seen");
+    assert!(
+        child_rss < 128 * 1024,
+        "an image child's peak RSS reached {} MiB",
         child_rss / 1024
-    );
-    assert!(
-        rss < 300 * 1024,
-        "the worker's peak RSS reached {} MiB",
-        rss / 1024
-    );
-    // A decoder that allocated the declared pixels (7 GiB and more) before finding the data
-    // short would not touch most of it, but it would show in the peak of the address space.
-    assert!(
-        virt.saturating_sub(virt_before) < 2 * 1024 * 1024,
-        "the worker's address space grew by {} MiB",
-        (virt - virt_before) / 1024
     );
     sys.shutdown().await;
 }
