@@ -9,8 +9,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::Settings;
 
@@ -55,10 +56,9 @@ impl StorageError {
     }
 }
 
-fn classify<E, R>(op: &'static str, err: SdkError<E, R>) -> StorageError
+fn classify<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let kind = match &err {
         SdkError::ServiceError(service) => {
@@ -70,13 +70,8 @@ where
                 "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
                     StorageErrorKind::Transient
                 }
-                _ if format!("{:?}", service.raw()).contains("status: 404") => {
-                    StorageErrorKind::NotFound
-                }
-                _ if format!("{:?}", service.raw()).contains("status: 5") => {
-                    StorageErrorKind::Transient
-                }
-                _ => StorageErrorKind::Other,
+                // No code (a HEAD answer has no body): the HTTP status says it.
+                _ => kind_of_status(service.raw().status().as_u16()),
             }
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
@@ -88,6 +83,15 @@ where
         kind,
         op,
         message: DisplayErrorContext(&err).to_string(),
+    }
+}
+
+/// What an S3 answer's HTTP status means for the caller.
+fn kind_of_status(status: u16) -> StorageErrorKind {
+    match status {
+        404 => StorageErrorKind::NotFound,
+        408 | 429 | 500..=599 => StorageErrorKind::Transient,
+        _ => StorageErrorKind::Other,
     }
 }
 
@@ -105,7 +109,8 @@ pub struct StorageConfig {
     pub region: String,
     pub bucket: String,
     pub access_key_id: String,
-    pub secret_access_key: String,
+    /// Redacted in `Debug`, so that a logged configuration shows no secret.
+    pub secret_access_key: SecretString,
     pub force_path_style: bool,
     /// How connections to the store are made and kept.
     pub connections: Connections,
@@ -124,7 +129,7 @@ impl StorageConfig {
             region: settings.s3_region.clone(),
             bucket: settings.s3_bucket.clone(),
             access_key_id: settings.s3_access_key_id.clone(),
-            secret_access_key: settings.s3_secret_access_key.expose_secret().to_owned(),
+            secret_access_key: settings.s3_secret_access_key.clone(),
             force_path_style: settings.s3_force_path_style,
         }
     }
@@ -160,7 +165,7 @@ impl Storage {
     pub fn from_config(config: StorageConfig) -> Self {
         let creds = Credentials::new(
             config.access_key_id,
-            config.secret_access_key,
+            config.secret_access_key.expose_secret().to_owned(),
             None,
             None,
             "settings",
@@ -659,5 +664,64 @@ impl Upload {
             }
             self.storage.abort_multipart(&self.key, &multipart.id).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::head_object::HeadObjectError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    fn answered(status: u16, code: Option<&str>) -> StorageError {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        let raw = HttpResponse::new(
+            StatusCode::try_from(status).expect("a status"),
+            SdkBody::empty(),
+        );
+        classify(
+            "head",
+            SdkError::service_error(HeadObjectError::generic(meta.build()), raw),
+        )
+    }
+
+    #[test]
+    fn errors_are_classified_by_their_code_then_their_http_status() {
+        assert_eq!(answered(404, None).kind, StorageErrorKind::NotFound);
+        assert_eq!(answered(503, None).kind, StorageErrorKind::Transient);
+        assert_eq!(answered(429, None).kind, StorageErrorKind::Transient);
+        assert_eq!(answered(403, None).kind, StorageErrorKind::Other);
+        assert_eq!(
+            answered(400, Some("NoSuchKey")).kind,
+            StorageErrorKind::NotFound
+        );
+        assert_eq!(
+            answered(200, Some("SlowDown")).kind,
+            StorageErrorKind::Transient
+        );
+        assert_eq!(
+            answered(403, Some("AccessDenied")).kind,
+            StorageErrorKind::Other
+        );
+    }
+
+    #[test]
+    fn the_secret_key_is_not_in_debug_output() {
+        let config = StorageConfig {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            access_key_id: "GK1".into(),
+            secret_access_key: "s3cr3t-value".to_owned().into(),
+            force_path_style: true,
+            connections: Connections::QuickAck,
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
     }
 }

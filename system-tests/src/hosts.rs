@@ -361,7 +361,7 @@ impl Hosts {
             region: "us-east-1".into(),
             bucket: self.services.bucket.clone(),
             access_key_id: self.services.access_key_id.clone(),
-            secret_access_key: self.services.secret_access_key.clone(),
+            secret_access_key: self.services.secret_access_key.clone().into(),
             force_path_style: true,
         });
         let started = Instant::now();

@@ -240,7 +240,7 @@ impl System {
             region: vars["S3_REGION"].clone(),
             bucket: bucket.clone(),
             access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
-            secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone(),
+            secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone().into(),
             force_path_style: true,
         });
         storage
@@ -318,7 +318,7 @@ impl System {
             region: "us-east-1".into(),
             bucket: services.bucket.clone(),
             access_key_id: services.access_key_id.clone(),
-            secret_access_key: services.secret_access_key.clone(),
+            secret_access_key: services.secret_access_key.clone().into(),
             force_path_style: true,
         });
         let mut system = Self {

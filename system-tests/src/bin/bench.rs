@@ -292,7 +292,7 @@ async fn store_reads() -> anyhow::Result<()> {
             region: var("S3_REGION")?,
             bucket: var("S3_BUCKET")?,
             access_key_id: var("S3_ACCESS_KEY_ID")?,
-            secret_access_key: var("S3_SECRET_ACCESS_KEY")?,
+            secret_access_key: var("S3_SECRET_ACCESS_KEY")?.into(),
             force_path_style: true,
             connections,
         })
