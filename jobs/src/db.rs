@@ -29,7 +29,7 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<Db, sqlx::Error> {
 pub struct Batch {
     pub id: BatchId,
     #[sqlx(try_from = "String")]
-    pub status: BatchStatusText,
+    pub status: BatchStatus,
     pub pipeline: serde_json::Value,
     pub total: i32,
     pub done_count: i32,
@@ -41,40 +41,18 @@ pub struct Batch {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// A status read from a text column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchStatusText(pub BatchStatus);
-
-impl TryFrom<String> for BatchStatusText {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse().map(Self)
-    }
-}
-
-impl Batch {
-    pub fn status(&self) -> BatchStatus {
-        self.status.0
-    }
-}
-
 /// One image of a batch, as the pages and the API show it.
 #[derive(Debug, Clone, FromRow)]
 pub struct Image {
     pub id: ImageId,
     pub position: i32,
     pub name: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ImageStatus,
     pub error: Option<String>,
     pub output_format: Option<String>,
     pub processed_by: Option<String>,
     pub attempts: i32,
-}
-
-impl Image {
-    pub fn status(&self) -> ImageStatus {
-        self.status.parse().unwrap_or(ImageStatus::Pending)
-    }
 }
 
 /// A file received with an upload, ready to be recorded.
@@ -481,7 +459,8 @@ pub async fn finish_image(
 pub struct ArchiveEntry {
     pub id: ImageId,
     pub name: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ImageStatus,
     pub error: Option<String>,
     pub output_format: Option<String>,
 }

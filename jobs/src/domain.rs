@@ -122,6 +122,14 @@ impl FromStr for BatchStatus {
     }
 }
 
+/// Rows hold statuses as text; one that names no status is a decoding error, never a guess.
+impl TryFrom<String> for BatchStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// Where one image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +158,13 @@ impl FromStr for ImageStatus {
             "failed" => Ok(Self::Failed),
             _ => Err(format!("unknown image status {s:?}")),
         }
+    }
+}
+
+impl TryFrom<String> for ImageStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -190,6 +205,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
         }
         assert!("nope".parse::<BatchStatus>().is_err());
+        for st in [ImageStatus::Pending, ImageStatus::Done, ImageStatus::Failed] {
+            assert_eq!(ImageStatus::try_from(st.as_str().to_owned()), Ok(st));
+        }
+        // A row with a status this version does not know fails to decode: no silent "pending".
+        assert!(ImageStatus::try_from("archived".to_owned()).is_err());
+        assert!(BatchStatus::try_from("paused".to_owned()).is_err());
     }
 
     #[test]

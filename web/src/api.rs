@@ -99,7 +99,7 @@ async fn load_view_with(
     let batch = jobs::db::get_batch(&state.db, id)
         .await?
         .ok_or(AppError::NotFound)?;
-    if batch.status() == BatchStatus::Expired {
+    if batch.status == BatchStatus::Expired {
         return Err(AppError::Gone);
     }
     let images = if with_images {
@@ -112,14 +112,14 @@ async fn load_view_with(
         .unwrap_or_default();
     Ok(BatchView {
         id,
-        status: batch.status(),
+        status: batch.status,
         total: batch.total,
         done: batch.done_count,
         failed: batch.failed_count,
         images: images
             .into_iter()
             .map(|i| {
-                let status = i.status();
+                let status = i.status;
                 ImageView {
                     name: i.name,
                     status: status.as_str(),
@@ -130,7 +130,7 @@ async fn load_view_with(
                 }
             })
             .collect(),
-        download_url: (batch.status() == BatchStatus::Done)
+        download_url: (batch.status == BatchStatus::Done)
             .then(|| format!("/batches/{id}/download")),
         expires_at: batch.expires_at,
         created_at: batch.created_at,

@@ -326,7 +326,7 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
     let Some(row) = db::get_batch(&ctx.db, batch).await? else {
         return Ok(());
     };
-    if row.status() != jobs::BatchStatus::Archiving {
+    if row.status != jobs::BatchStatus::Archiving {
         return Ok(());
     }
     let started = Instant::now();
@@ -335,12 +335,12 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
         .iter()
         .filter_map(|e| {
             let format = e.output_format.as_deref().and_then(Format::parse)?;
-            (e.status == "done").then_some((e, format))
+            (e.status == jobs::ImageStatus::Done).then_some((e, format))
         })
         .collect();
     let failures: Vec<(String, String)> = entries
         .iter()
-        .filter(|e| e.status == "failed")
+        .filter(|e| e.status == jobs::ImageStatus::Failed)
         .map(|e| {
             (
                 e.name.clone(),
