@@ -138,6 +138,11 @@ pub struct System {
     redis: Option<PrivateRedis>,
     s3_proxy: Option<TcpProxy>,
     pg_proxy: Option<TcpProxy>,
+    /// This system's own database, dropped when the system ends, and the server's URL to drop
+    /// it through; `None` when the test brought its own services.
+    own_database: Option<(String, String)>,
+    /// Set once the database and the bucket are gone.
+    cleaned: bool,
 }
 
 impl System {
@@ -270,6 +275,8 @@ impl System {
             redis,
             s3_proxy,
             pg_proxy,
+            own_database: Some((database, admin_url)),
+            cleaned: false,
         };
         system.start_web().await?;
         for worker in &options.workers {
@@ -343,6 +350,8 @@ impl System {
             redis: None,
             s3_proxy: None,
             pg_proxy: None,
+            own_database: None,
+            cleaned: false,
         };
         system.start_web().await?;
         Ok(system)
@@ -572,11 +581,17 @@ impl System {
         &self.logs
     }
 
-    /// Stops every process (SIGKILL) and removes the bucket's objects and the bucket.
+    /// Stops every process (SIGKILL), removes the bucket's objects and the bucket, and drops the
+    /// system's database. (Dropping a system without it does the same.)
     pub async fn shutdown(mut self) {
         self.kill_all();
-        let _ = self.storage.delete_prefix("").await;
-        let _ = self.storage.delete_bucket().await;
+        clean_up(
+            self.db.clone(),
+            self.storage.clone(),
+            self.own_database.take(),
+        )
+        .await;
+        self.cleaned = true;
     }
 
     fn kill_all(&mut self) {
@@ -711,6 +726,23 @@ impl System {
 impl Drop for System {
     fn drop(&mut self) {
         self.kill_all();
+        if !self.cleaned {
+            // A test that ended without `shutdown` (it failed, say): the same clean-up, on a
+            // thread and runtime of its own, since `drop` cannot wait on this one.
+            let (db, storage, own) = (
+                self.db.clone(),
+                self.storage.clone(),
+                self.own_database.take(),
+            );
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(clean_up(db, storage, own));
+                Ok::<_, std::io::Error>(())
+            })
+            .join();
+        }
     }
 }
 
@@ -761,7 +793,24 @@ pub fn restart_postgres() -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// Drops test databases left by runs more than an hour old.
+/// Deletes a system's objects and bucket, and drops its own database.
+async fn clean_up(db: PgPool, storage: Storage, own_database: Option<(String, String)>) {
+    let _ = storage.delete_prefix("").await;
+    let _ = storage.delete_bucket().await;
+    db.close().await;
+    if let Some((name, admin_url)) = own_database {
+        if let Ok(admin) = PgPool::connect(&admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+    }
+}
+
+/// Drops test databases left by runs more than an hour old (a test process that was killed).
 async fn drop_old_databases(admin: &PgPool, now: u64) {
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'wm\\_t\\_%'")
