@@ -161,6 +161,12 @@ impl FromStr for ImageStatus {
     }
 }
 
+impl fmt::Display for ImageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TryFrom<String> for ImageStatus {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {

@@ -13,7 +13,7 @@ pub enum AppError {
     NotFound,
     #[error(
         "this batch has expired: its files were deleted {} after it finished",
-        crate::app::kept_for()
+        crate::state::kept_for()
     )]
     Gone,
     #[error("{0}")]

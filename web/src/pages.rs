@@ -10,10 +10,11 @@ use chrono::Utc;
 use jobs::tasks::{ParamKind, REGISTRY};
 use jobs::BatchStatus;
 
-use crate::api::{load_view, BatchView};
-use crate::app::AppState;
 use crate::error::AppError;
-use crate::upload::{self, human_bytes};
+use crate::format::human_bytes;
+use crate::state::AppState;
+use crate::upload;
+use crate::view::{load_view, BatchView};
 
 /// An [`AppError`] answered as an HTML page.
 pub struct PageError(pub AppError);
@@ -41,7 +42,7 @@ impl IntoResponse for PageError {
             AppError::Gone => format!(
                 "Its files were deleted {} after it finished, as promised. Upload the images \
                  again to get a new download.",
-                crate::app::kept_for()
+                crate::state::kept_for()
             ),
             other => other.user_message(),
         };

@@ -16,8 +16,9 @@ use jobs::storage::Upload;
 use jobs::tasks::{self, Pipeline};
 use jobs::{BatchId, ImageId};
 
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::format::{capitalise, human_bytes};
+use crate::state::AppState;
 
 /// Bytes needed to tell the type of a file.
 const SNIFF_BYTES: usize = 32;
@@ -618,14 +619,6 @@ fn too_large_batch(limit: u64) -> AppError {
     ))
 }
 
-fn capitalise(s: &str) -> String {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
-}
-
 fn bad_body(e: MultipartError) -> AppError {
     if crate::pace::too_slow(&e) {
         return AppError::Timeout(
@@ -635,19 +628,6 @@ fn bad_body(e: MultipartError) -> AppError {
         );
     }
     AppError::BadRequest(format!("the upload could not be read: {}", e.body_text()))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const MIB: u64 = 1024 * 1024;
-    if n >= MIB && n.is_multiple_of(MIB) {
-        format!("{} MiB", n / MIB)
-    } else if n >= MIB {
-        format!("{:.1} MiB", n as f64 / MIB as f64)
-    } else if n >= 1024 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} bytes")
-    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,21 @@ use std::time::Duration;
 use chrono::{DurationRound, TimeDelta, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::handlers::Ctx;
-use crate::Cli;
+use crate::ctx::Ctx;
 
-pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
+/// When the crons run (`PURGE_SCHEDULE`, `RECONCILE_SCHEDULE`: cron expressions with seconds),
+/// and after how long the reconciler deems a job lost (`RECONCILE_AFTER_SECONDS`).
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    pub purge: String,
+    pub reconcile: String,
+    pub reconcile_after: Duration,
+}
+
+pub async fn start(schedules: &Schedules, ctx: Ctx) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let reconcile = jobs::maintenance::ReconcileSettings {
-        stale_after: Duration::from_secs(cli.reconcile_after_seconds),
+        stale_after: schedules.reconcile_after,
         upload_stale_after: ctx.settings.upload_stale(),
         result_ttl: ctx.settings.result_ttl(),
     };
@@ -22,7 +30,7 @@ pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
     let purge_ctx = ctx.clone();
     scheduler
         .add(
-            Job::new_async(cli.purge_schedule.as_str(), move |_, _| {
+            Job::new_async(schedules.purge.as_str(), move |_, _| {
                 let ctx = purge_ctx.clone();
                 Box::pin(async move {
                     if !claim(&ctx, "purge").await {
@@ -46,7 +54,7 @@ pub async fn start(cli: &Cli, ctx: Ctx) -> anyhow::Result<JobScheduler> {
 
     let rec_ctx = ctx.clone();
     scheduler
-        .add(Job::new_async(cli.reconcile_schedule.as_str(), move |_, _| {
+        .add(Job::new_async(schedules.reconcile.as_str(), move |_, _| {
             let ctx = rec_ctx.clone();
             Box::pin(async move {
                 if !claim(&ctx, "reconcile").await {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::handlers::Ctx;
+use crate::ctx::Ctx;
 
 /// How often finished jobs are trimmed from Redis, and how many per queue at most each time.
 const TRIM_EVERY: Duration = Duration::from_secs(5);

@@ -1,39 +1,17 @@
 //! The two job handlers and the apalis monitor that runs them.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use futures::{StreamExt, TryStreamExt};
-use jobs::db::{self, Db, ImageOutcome};
+use jobs::db::{self, ImageOutcome};
 use jobs::domain::keys;
 use jobs::names::unique_entry_names;
 use jobs::pipeline::Format;
-use jobs::queue::{BuildArchive, ProcessImage, Queues, PAYLOAD_VERSION};
-use jobs::recent::Recent;
-use jobs::storage::Storage;
+use jobs::queue::{BuildArchive, ProcessImage, PAYLOAD_VERSION};
 
-use crate::isolate::{Outcome, Pool, Request};
-
-/// What every handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct Ctx {
-    pub db: Db,
-    pub storage: Storage,
-    pub queues: Queues,
-    pub settings: Arc<jobs::Settings>,
-    pub worker: Arc<str>,
-    /// The image child processes.
-    pub pool: Arc<Pool>,
-    /// The uploaded logos of the batches seen last, so that each is fetched once.
-    pub logos: Arc<LogoCache>,
-    /// Wake-ups of this worker's image and archive queue workers (`jobs::wake`).
-    pub wake_images: jobs::wake::Wake,
-    pub wake_archives: jobs::wake::Wake,
-    /// The images this worker is processing right now, handed back to the dispatcher should
-    /// the worker stop before it finishes them.
-    pub in_hand: jobs::InProgress<jobs::ImageId>,
-}
+pub use crate::ctx::Ctx;
+use crate::isolate::{Outcome, Request};
 
 /// An image in hand (in `Ctx::in_hand`). [`Held::release`] runs when its handler ends; a
 /// handler dropped in the middle (the worker is stopping) leaves its image in the set, to be
@@ -55,33 +33,6 @@ type JobResult = Result<(), BoxDynError>;
 
 /// Results fetched at once while a zip is built.
 const ARCHIVE_FETCHES: usize = 8;
-
-/// How many batches' logos a worker keeps.
-const LOGOS_KEPT: usize = 8;
-
-/// The uploaded logos of the last few batches, fetched from storage once each.
-pub struct LogoCache(tokio::sync::Mutex<Recent<jobs::BatchId, bytes::Bytes>>);
-
-impl Default for LogoCache {
-    fn default() -> Self {
-        Self(tokio::sync::Mutex::new(Recent::new(LOGOS_KEPT)))
-    }
-}
-
-impl LogoCache {
-    async fn get(
-        &self,
-        storage: &Storage,
-        batch: jobs::BatchId,
-    ) -> Result<bytes::Bytes, jobs::storage::StorageError> {
-        if let Some(logo) = self.0.lock().await.get(&batch) {
-            return Ok(logo);
-        }
-        let logo = storage.get(&keys::logo(batch)).await?;
-        self.0.lock().await.put(batch, logo.clone());
-        Ok(logo)
-    }
-}
 
 /// Runs both queues under one monitor until `signal`, restarting a worker that dies (a Redis
 /// restart, say) under a fresh name.

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::handlers::Ctx;
+use crate::ctx::Ctx;
 
 #[derive(Clone)]
 struct Health {

@@ -1,22 +1,12 @@
-//! Application state and the router.
+//! What every request handler shares: the connections, the settings, the uploads in progress.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue};
-use axum::routing::{get, post};
-use axum::Router;
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 use jobs::db::Db;
 use jobs::health::Probe;
 use jobs::queue::Queues;
 use jobs::storage::Storage;
 use jobs::BatchId;
-
-use crate::{api, pages};
 
 /// How long results are kept, as the pages say it ("one hour"), from `RESULT_TTL_SECONDS`; set
 /// once, when the state is made.
@@ -85,45 +75,4 @@ impl AppState {
             }
         }
     }
-}
-
-pub fn router(state: AppState) -> Router {
-    // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
-    let window = Duration::from_secs(state.settings.upload_window_seconds);
-    let min_rate = state.settings.upload_min_bytes_per_second;
-    let paced = axum::middleware::map_request(move |request: axum::extract::Request| async move {
-        crate::pace::pace(request, window, min_rate)
-    });
-    Router::new()
-        .route("/", get(pages::index))
-        .route("/batches", post(pages::submit).layer(paced.clone()))
-        .route("/batches/{id}", get(pages::batch))
-        .route("/batches/{id}/download", get(pages::download))
-        .route("/static/app.js", get(pages::script))
-        .route("/static/app.css", get(pages::style))
-        .route("/api/batches", post(api::submit).layer(paced))
-        .route("/api/batches/{id}", get(api::status))
-        .route("/api/tasks", get(api::tasks))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .fallback(pages::not_found)
-        // Uploads are counted and limited as they stream (MAX_BATCH_BYTES), not buffered.
-        .layer(DefaultBodyLimit::disable())
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
-                 object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-            ),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
