@@ -122,6 +122,87 @@ impl Options {
     }
 }
 
+/// A database and a bucket name of a test's own, on the services `scripts/test` started: what a
+/// [`System`] runs against, and what in-process tests (`web`'s router tests) use directly.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    /// The database's name, and the URL of the server it was created through.
+    pub database: String,
+    pub admin_url: String,
+    /// The URL of the database itself.
+    pub database_url: String,
+    /// A bucket name of its own (not created: `ensure_bucket` or `S3_CREATE_BUCKET` does that).
+    pub bucket: String,
+    /// A unique tag (for queue prefixes and log folders).
+    pub unique: String,
+}
+
+impl Scratch {
+    pub async fn make() -> anyhow::Result<Self> {
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let unique = format!(
+            "{stamp}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let database = format!("wm_t_{unique}");
+        let admin_url = env("DATABASE_URL");
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .context("connect to Postgres")?;
+        drop_old_databases(&admin, stamp).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        Ok(Self {
+            database_url: replace_db(&admin_url, &database),
+            bucket: format!("wm-t-{}", unique.replace('_', "-")),
+            database,
+            admin_url,
+            unique,
+        })
+    }
+
+    /// The settings of a process against this scratch space, as command-line flags (every
+    /// binary's settings parse them): the database, the bucket, a queue prefix of its own, and
+    /// Redis and S3 from the environment.
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--database-url", self.database_url.clone()),
+            ("--redis-url", env("REDIS_URL")),
+            ("--queue-prefix", format!("t{}", self.unique)),
+            ("--s3-endpoint", env("S3_ENDPOINT")),
+            ("--s3-region", env("S3_REGION")),
+            ("--s3-bucket", self.bucket.clone()),
+            ("--s3-access-key-id", env("S3_ACCESS_KEY_ID")),
+            ("--s3-secret-access-key", env("S3_SECRET_ACCESS_KEY")),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+
+    /// A client of this scratch space's bucket.
+    pub fn storage(&self) -> Storage {
+        let endpoint = env("S3_ENDPOINT");
+        Storage::from_config(StorageConfig {
+            connections: Connections::for_endpoint(Some(&endpoint)),
+            endpoint: Some(endpoint),
+            region: env("S3_REGION"),
+            bucket: self.bucket.clone(),
+            access_key_id: env("S3_ACCESS_KEY_ID"),
+            secret_access_key: env("S3_SECRET_ACCESS_KEY").into(),
+            force_path_style: true,
+        })
+    }
+
+    /// Deletes the bucket's objects and the bucket, and drops the database.
+    pub async fn clean_up(self) {
+        let db = PgPool::connect_lazy(&self.database_url).expect("a valid URL");
+        clean_up(db, self.storage(), Some((self.database, self.admin_url))).await;
+    }
+}
+
 /// A running system: one `web`, some workers, and handles on its database and bucket.
 pub struct System {
     pub base: String,
@@ -148,23 +229,13 @@ pub struct System {
 impl System {
     pub async fn start(name: &str, options: Options) -> anyhow::Result<Self> {
         binaries(); // fail early when they are missing
-        let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let unique = format!(
-            "{stamp}_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let database = format!("wm_t_{unique}");
-        let admin_url = env("DATABASE_URL");
-        let admin = PgPool::connect(&admin_url)
-            .await
-            .context("connect to Postgres")?;
-        drop_old_databases(&admin, stamp).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        let db_url = replace_db(&admin_url, &database);
-        let bucket = format!("wm-t-{}", unique.replace('_', "-"));
+        let Scratch {
+            database,
+            admin_url,
+            database_url: db_url,
+            bucket,
+            unique,
+        } = Scratch::make().await?;
 
         let mut vars: HashMap<String, String> = HashMap::new();
         for key in [

@@ -1,0 +1,210 @@
+//! The router in-process (tower's `oneshot`, no server, no other process): how the form and the
+//! API parse what they are sent, against the real Postgres, Redis and S3 that `scripts/test`
+//! starts, with a database and a bucket of each test's own.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use clap::Parser;
+use serde_json::Value;
+use system_tests::Scratch;
+use tower::ServiceExt;
+
+const BOUNDARY: &str = "wmroutertest";
+
+/// A router on a scratch database and bucket.
+async fn app() -> (axum::Router, web::AppState, Scratch) {
+    let scratch = Scratch::make().await.expect("a scratch database");
+    let mut args = vec!["web".to_owned()];
+    args.extend(scratch.args());
+    let cli = web::Cli::try_parse_from(args).expect("settings");
+    let state = web::AppState::connect(cli.settings)
+        .await
+        .expect("connects");
+    state.storage.ensure_bucket().await.expect("the bucket");
+    (web::router(state.clone()), state, scratch)
+}
+
+/// A multipart body of `parts` (name, file name, bytes), and its content type.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend(format!("--{BOUNDARY}\r\n").as_bytes());
+        let disposition = match file {
+            Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
+            None => format!("form-data; name=\"{name}\""),
+        };
+        body.extend(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+async fn post(
+    app: &axum::Router,
+    path: &str,
+    parts: &[(&str, Option<&str>, &[u8])],
+) -> (StatusCode, String) {
+    let (content_type, body) = multipart(parts);
+    let request = Request::post(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap();
+    answer(app, request).await
+}
+
+async fn get(app: &axum::Router, path: &str) -> (StatusCode, String) {
+    answer(app, Request::get(path).body(Body::empty()).unwrap()).await
+}
+
+async fn answer(app: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
+    let res = app.clone().oneshot(request).await.expect("an answer");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .expect("a body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn png() -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(8, 8, image::Rgba([10, 20, 30, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+async fn batches(state: &web::AppState) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&state.db)
+        .await
+        .unwrap()
+}
+
+/// Bad submissions through the API are answered 400 or 413 with a JSON error naming the
+/// problem, and leave no batch and no file.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_names_what_is_wrong_with_a_submission_and_stores_nothing() {
+    let (app, state, scratch) = app().await;
+    let png = png();
+    for (what, parts, want, says) in [
+        (
+            "a pipeline that is not JSON",
+            vec![
+                ("pipeline", None, b"nope".as_slice()),
+                ("files", Some("a.png"), &png),
+            ],
+            400,
+            "pipeline",
+        ),
+        (
+            "an unknown task",
+            vec![
+                ("pipeline", None, br#"[{"task":"sharpen"}]"#.as_slice()),
+                ("files", Some("a.png"), &png),
+            ],
+            400,
+            "sharpen",
+        ),
+        (
+            "no files",
+            vec![("pipeline", None, b"[]".as_slice())],
+            400,
+            "no files",
+        ),
+    ] {
+        let (status, body) = post(&app, "/api/batches", &parts).await;
+        assert_eq!(status.as_u16(), want, "{what}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: {body}"));
+        let error = json["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{what}: {error}");
+    }
+    // Too many fields besides the files.
+    let fields: Vec<(&str, Option<&str>, &[u8])> = (0..300)
+        .map(|_| ("watermark.opacity", None, b"0.5".as_slice()))
+        .collect();
+    let (status, body) = post(&app, "/api/batches", &fields).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("too many fields"), "{body}");
+    // A body that says it is over the limit is refused before it is read.
+    let request = Request::post("/api/batches")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .header(header::CONTENT_LENGTH, "600000000")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = answer(&app, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("MAX_BATCH_BYTES"), "{body}");
+
+    assert_eq!(batches(&state).await, 0);
+    assert_eq!(state.storage.list("").await.unwrap(), Vec::<String>::new());
+    scratch.clean_up().await;
+}
+
+/// The form shows its problem in the page again (400), and a good submission is accepted: 202
+/// with the batch's links through the API, 303 to the waiting page through the form.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_form_and_the_api_accept_a_good_batch_and_the_form_shows_its_problems() {
+    let (app, state, scratch) = app().await;
+    let png = png();
+    let (status, page) = post(
+        &app,
+        "/batches",
+        &[("form", None, b"1"), ("files", Some("a.png"), &png)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("<form"), "the form again: {page}");
+    assert!(page.contains("choose at least one"), "{page}");
+    assert_eq!(batches(&state).await, 0);
+
+    let (status, body) = post(
+        &app,
+        "/api/batches",
+        &[
+            ("pipeline", None, br#"[{"task":"watermark","text":"ok"}]"#),
+            ("files", Some("a.png"), &png),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let id = json["id"].as_str().expect("an id");
+    assert_eq!(json["status_url"], format!("/api/batches/{id}"));
+
+    let (content_type, body) = multipart(&[
+        ("form", None, b"1"),
+        ("task", None, b"watermark"),
+        ("files", Some("b.png"), &png),
+    ]);
+    let request = Request::post("/batches")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap();
+    let res = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()[header::LOCATION].to_str().unwrap();
+    assert!(location.starts_with("/batches/"), "{location}");
+    assert_eq!(batches(&state).await, 2);
+    scratch.clean_up().await;
+}
+
+/// Reads: the task list as JSON, unknown ids and routes as 404 (JSON under /api, a page elsewhere).
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_answer_json_under_api_and_pages_elsewhere() {
+    let (app, _state, scratch) = app().await;
+    let (status, body) = get(&app, "/api/tasks").await;
+    assert_eq!(status, StatusCode::OK);
+    let tasks: Value = serde_json::from_str(&body).unwrap();
+    assert!(body.contains("\"watermark\""), "{tasks}");
+    let (status, body) = get(&app, "/api/batches/not-an-id").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(serde_json::from_str::<Value>(&body).is_ok(), "{body}");
+    let (status, body) = get(&app, "/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("<html"), "{body}");
+    scratch.clean_up().await;
+}
