@@ -338,18 +338,20 @@ pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, s
     }))
 }
 
-/// How one image ended.
+/// The result of an image, stored.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub output_format: String,
+    pub output_bytes: i64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// How one image ended, as it is recorded.
 #[derive(Debug, Clone)]
 pub enum ImageOutcome {
-    Done {
-        output_format: String,
-        output_bytes: i64,
-        width: u32,
-        height: u32,
-    },
-    Failed {
-        reason: String,
-    },
+    Done(Processed),
+    Failed { reason: String },
 }
 
 /// What [`finish_image`] did.
@@ -375,18 +377,13 @@ pub async fn finish_image(
     worker: &str,
 ) -> Result<Finished, sqlx::Error> {
     let (status, error, ext, bytes, width, height) = match outcome {
-        ImageOutcome::Done {
-            output_format,
-            output_bytes,
-            width,
-            height,
-        } => (
+        ImageOutcome::Done(p) => (
             ImageStatus::Done,
             None,
-            Some(output_format.as_str()),
-            Some(*output_bytes),
-            Some(*width as i32),
-            Some(*height as i32),
+            Some(p.output_format.as_str()),
+            Some(p.output_bytes),
+            Some(p.width as i32),
+            Some(p.height as i32),
         ),
         ImageOutcome::Failed { reason } => (
             ImageStatus::Failed,

@@ -122,8 +122,9 @@ async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) ->
         return finish(ctx, job, ImageOutcome::Failed { reason }).await;
     }
     match run_pipeline(ctx, work).await {
-        Ok(Attempt::Ended(outcome)) => finish(ctx, job, outcome).await,
-        Ok(Attempt::Lost(why)) => {
+        Ok(Outcome::Done(processed)) => finish(ctx, job, ImageOutcome::Done(processed)).await,
+        Ok(Outcome::Failed(reason)) => finish(ctx, job, ImageOutcome::Failed { reason }).await,
+        Ok(Outcome::Lost(why)) => {
             tracing::warn!(image = %job.image, attempt = work.attempts, problem = %why, "an attempt at an image was lost");
             db::note_image_error(&ctx.db, job.image, &why, false).await?;
             if work.lost_attempts() + 1 >= max_attempts {
@@ -141,14 +142,11 @@ async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) ->
     }
 }
 
-/// How an attempt at an image ended, when no transient error stopped it.
-enum Attempt {
-    Ended(ImageOutcome),
-    Lost(String),
-}
-
-/// The attempt's outcome, or a transient error.
-async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDynError> {
+/// The attempt's outcome, its result stored when there is one, or a transient error.
+async fn run_pipeline(
+    ctx: &Ctx,
+    work: &db::ImageWork,
+) -> Result<Outcome<db::Processed>, BoxDynError> {
     let input = match ctx
         .storage
         .get(&keys::original(work.batch, work.image))
@@ -156,9 +154,9 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
     {
         Ok(bytes) => bytes,
         Err(e) if e.is_not_found() => {
-            return Ok(Attempt::Ended(ImageOutcome::Failed {
-                reason: "the uploaded file is missing from storage".into(),
-            }))
+            return Ok(Outcome::Failed(
+                "the uploaded file is missing from storage".into(),
+            ))
         }
         Err(e) => return Err(e.into()),
     };
@@ -170,9 +168,9 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         match ctx.logos.get(&ctx.storage, work.batch).await {
             Ok(bytes) => Some(bytes),
             Err(e) if e.is_not_found() => {
-                return Ok(Attempt::Ended(ImageOutcome::Failed {
-                    reason: "the batch's logo is missing from storage".into(),
-                }))
+                return Ok(Outcome::Failed(
+                    "the batch's logo is missing from storage".into(),
+                ))
             }
             Err(e) => return Err(e.into()),
         }
@@ -189,8 +187,8 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
     };
     let output = match ctx.pool.process(request).await {
         Outcome::Done(output) => output,
-        Outcome::Failed(reason) => return Ok(Attempt::Ended(ImageOutcome::Failed { reason })),
-        Outcome::Lost(why) => return Ok(Attempt::Lost(why)),
+        Outcome::Failed(reason) => return Ok(Outcome::Failed(reason)),
+        Outcome::Lost(why) => return Ok(Outcome::Lost(why)),
     };
     let path = output.path;
     let key = keys::output(work.batch, work.image, output.format.ext());
@@ -199,7 +197,7 @@ async fn run_pipeline(ctx: &Ctx, work: &db::ImageWork) -> Result<Attempt, BoxDyn
         .put(&key, output.bytes.into(), output.format.mime())
         .await?;
     tracing::debug!(batch = %work.batch, image = %work.image, path, ms = started.elapsed().as_millis() as u64, "image processed");
-    Ok(Attempt::Ended(ImageOutcome::Done {
+    Ok(Outcome::Done(db::Processed {
         output_format: output.format.as_str().to_owned(),
         output_bytes: size,
         width: output.width,
@@ -221,8 +219,8 @@ async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResu
         db::Finished::Abandoned => {
             // Its upload was refused while this image was processed: the upload's clean-up may
             // have deleted the batch's objects before this result was stored, so delete it here.
-            if let ImageOutcome::Done { output_format, .. } = &outcome {
-                if let Some(format) = Format::parse(output_format) {
+            if let ImageOutcome::Done(processed) = &outcome {
+                if let Some(format) = Format::parse(&processed.output_format) {
                     ctx.storage
                         .delete(&keys::output(job.batch, image, format.ext()))
                         .await?;

@@ -43,10 +43,11 @@ const PREPARED_KEPT: usize = 4;
 /// How much of a child's stderr is kept to explain its death.
 const STDERR_KEPT: usize = 8 * 1024;
 
-/// How one image ended in its child.
+/// How one attempt at an image ended (a transient error aside, which the caller retries):
+/// `Outcome<Output>` as its child answered, `Outcome<Processed>` once the result is stored.
 #[derive(Debug)]
-pub enum Outcome {
-    Done(Output),
+pub enum Outcome<T = Output> {
+    Done(T),
     /// The image cannot be processed; the reason is shown to the user.
     Failed(String),
     /// The child crashed, ran out of memory or hung: the attempt is lost, and may be tried again.
