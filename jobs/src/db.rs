@@ -13,6 +13,22 @@ pub type Db = PgPool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Whether a database error is worth retrying: the server unreachable, restarting, or the pool
+/// exhausted, as opposed to a statement or configuration it refuses (fatal).
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => !crate::certificate_refused(io),
+        sqlx::Error::Tls(tls) => !crate::certificate_refused(tls.as_ref()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        // 57P: the server is shutting down or starting up; 08: the connection failed;
+        // 40001/40P01: serialization failure or deadlock.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("57P") || c.starts_with("08") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
 /// Connects and applies the migrations (idempotent; concurrent starts wait on a lock).
 pub async fn connect(url: &str, pool_size: u32) -> Result<Db, sqlx::Error> {
     let pool = PgPoolOptions::new()
@@ -680,4 +696,19 @@ pub async fn image_error(db: &Db, image: ImageId) -> Result<Option<String>, sqlx
         .fetch_optional(db)
         .await
         .map(Option::flatten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_are_the_passing_ones() {
+        assert!(is_retryable(&sqlx::Error::PoolTimedOut));
+        assert!(is_retryable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_retryable(&sqlx::Error::RowNotFound));
+        assert!(!is_retryable(&sqlx::Error::ColumnNotFound("status".into())));
+    }
 }

@@ -43,6 +43,16 @@ pub enum DispatchError {
     Queue(#[from] crate::queue::QueueError),
 }
 
+impl DispatchError {
+    /// Whether trying again later may succeed (see [`crate::db::is_retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Db(e) => crate::db::is_retryable(e),
+            Self::Queue(e) => e.is_retryable(),
+        }
+    }
+}
+
 /// Pushes waiting images to Redis while fewer than `window` image jobs are there. Jobs are pushed
 /// before the transaction that marks them enqueued commits: should the commit fail, they are
 /// pushed again later, and running an image twice is harmless, whereas the other order could

@@ -60,15 +60,25 @@ impl<T: Copy + Eq + std::hash::Hash> InProgress<T> {
     }
 }
 
+/// A service refused this configuration: a wrong password, a malformed URL, a certificate we do
+/// not trust, a failed migration. Fatal: problems that pass (a service still starting) are
+/// waited out before one of these is returned.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use {what}: {message}")]
+pub struct ConnectError {
+    pub what: &'static str,
+    pub message: String,
+}
+
 /// Runs `connect` until it succeeds, every two seconds, logging once per distinct problem, as
 /// long as the problem is `transient` (the service is not up yet); any other problem (a wrong
 /// password, a malformed URL, a failed migration) is returned at once, so that a misconfigured
 /// process exits with the reason instead of waiting forever.
 pub async fn wait_for<T, E, F, Fut>(
-    what: &str,
+    what: &'static str,
     transient: fn(&E) -> bool,
     mut connect: F,
-) -> anyhow::Result<T>
+) -> Result<T, ConnectError>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -91,7 +101,12 @@ where
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
-            Err(e) => anyhow::bail!("cannot use {what}: {e}"),
+            Err(e) => {
+                return Err(ConnectError {
+                    what,
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }
@@ -142,21 +157,16 @@ pub fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Connects to Postgres (and migrates), waiting while it is not up; at most `pool_size`
 /// connections at once (`DATABASE_POOL_SIZE`).
-pub async fn connect_db(url: &str, pool_size: u32) -> anyhow::Result<db::Db> {
+pub async fn connect_db(url: &str, pool_size: u32) -> Result<db::Db, ConnectError> {
     fn transient(e: &sqlx::Error) -> bool {
         match e {
-            sqlx::Error::Tls(e) => !certificate_refused(e.as_ref()),
-            sqlx::Error::Io(e) => !certificate_refused(e),
-            sqlx::Error::PoolTimedOut => true,
-            // 57P03: the database system is starting up (or shutting down).
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
             // The connection broke while migrating.
             sqlx::Error::Migrate(m) => match m.as_ref() {
                 sqlx::migrate::MigrateError::Execute(e)
                 | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => transient(e),
                 _ => false,
             },
-            _ => false,
+            other => db::is_retryable(other),
         }
     }
     install_tls_provider();
@@ -167,7 +177,7 @@ pub async fn connect_db(url: &str, pool_size: u32) -> anyhow::Result<db::Db> {
 }
 
 /// Connects to Redis, waiting while it is not up.
-pub async fn connect_redis(url: &str) -> anyhow::Result<apalis_redis::ConnectionManager> {
+pub async fn connect_redis(url: &str) -> Result<apalis_redis::ConnectionManager, ConnectError> {
     fn transient(e: &redis::RedisError) -> bool {
         (e.is_io_error()
             || e.is_connection_refusal()

@@ -19,7 +19,9 @@ pub struct PurgeReport {
 /// locked while it is purged, so replicas that purge at the same moment never purge the same
 /// batch. A batch whose objects could not all be deleted stays as it is and is tried again on
 /// the next run.
-pub async fn purge(db: &Db, storage: &Storage) -> anyhow::Result<PurgeReport> {
+/// An error is the database's (a storage failure only leaves its batch for the next run); see
+/// [`db::is_retryable`].
+pub async fn purge(db: &Db, storage: &Storage) -> Result<PurgeReport, sqlx::Error> {
     let mut report = PurgeReport::default();
     let mut failed = Vec::new();
     while let Some(purge) = db::begin_purge(db, &failed).await? {
@@ -64,7 +66,7 @@ pub async fn reconcile(
     db: &Db,
     storage: &Storage,
     settings: ReconcileSettings,
-) -> anyhow::Result<ReconcileReport> {
+) -> Result<ReconcileReport, sqlx::Error> {
     let mut report = ReconcileReport::default();
 
     let released = db::release_stale_images(db, settings.stale_after).await?;

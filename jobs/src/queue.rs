@@ -52,6 +52,12 @@ pub const MISSED_HEARTBEATS: usize = 10;
 pub struct QueueError(String);
 
 impl QueueError {
+    /// Always: a queue operation fails only when Redis is unreachable or fails a command, and
+    /// the work is in Postgres meanwhile.
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+
     fn from_sink<E: std::fmt::Display>(e: E) -> Self {
         Self(e.to_string())
     }

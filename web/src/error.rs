@@ -65,7 +65,7 @@ impl AppError {
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            e if jobs::db::is_retryable(&e) => {
                 tracing::warn!(error = %e, "Postgres unavailable");
                 Self::Unavailable(
                     "the database is unavailable; please try again in a moment".into(),
