@@ -215,9 +215,9 @@ mod tests {
         assert_eq!(cli.settings.result_ttl_seconds, 3600);
     }
 
-    #[test]
-    fn a_bad_value_names_its_variable() {
-        let err = Cli::try_parse_from([
+    /// The settings that have no default, then `more`.
+    fn required_and<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
             "x",
             "--database-url",
             "postgres://h/db",
@@ -229,11 +229,16 @@ mod tests {
             "k",
             "--s3-secret-access-key",
             "s",
-            "--jpeg-quality",
-            "300",
-        ])
-        .err()
-        .expect("quality 300 is refused");
+        ];
+        args.extend_from_slice(more);
+        args
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = Cli::try_parse_from(required_and(&["--jpeg-quality", "300"]))
+            .err()
+            .expect("quality 300 is refused");
         assert!(err.to_string().contains("jpeg-quality"), "{err}");
     }
 
@@ -251,23 +256,9 @@ mod tests {
     #[test]
     fn an_empty_s3_endpoint_means_aws() {
         let settings = |endpoint: &str| {
-            Cli::try_parse_from([
-                "x",
-                "--database-url",
-                "postgres://h/db",
-                "--redis-url",
-                "redis://h",
-                "--s3-bucket",
-                "b",
-                "--s3-access-key-id",
-                "k",
-                "--s3-secret-access-key",
-                "s",
-                "--s3-endpoint",
-                endpoint,
-            ])
-            .expect("valid settings")
-            .settings
+            Cli::try_parse_from(required_and(&["--s3-endpoint", endpoint]))
+                .expect("valid settings")
+                .settings
         };
         use crate::storage::{Connections, StorageConfig};
         let aws = StorageConfig::from_settings(&settings(""));

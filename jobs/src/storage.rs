@@ -301,15 +301,8 @@ impl Storage {
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify("get", e))?;
-        let data = out.body.collect().await.map_err(|e| StorageError {
+        let (body, _) = self.get_stream(key).await?;
+        let data = body.collect().await.map_err(|e| StorageError {
             kind: StorageErrorKind::Transient,
             op: "get",
             message: e.to_string(),

@@ -14,6 +14,28 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A self-signed P-256 certificate for `subject`, valid one day, made with openssl, with its key.
+fn self_signed(subject: &str, key: &std::path::Path, cert: &std::path::Path, extra: &[&str]) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", subject])
+        .args(extra)
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+}
+
 /// Runs `cmd` until it exits (at most `limit`): whether it exited and its standard error.
 fn run_until_exit(mut cmd: std::process::Command, limit: Duration) -> (bool, String) {
     let mut child = cmd
@@ -83,22 +105,12 @@ async fn an_untrusted_certificate_stops_web_with_the_reason() {
         .await
         .expect("system starts over TLS");
     let other = sys.logs().join("other-ca.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=another CA", "-keyout"])
-        .arg(sys.logs().join("other-ca.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()
-        .expect("openssl runs");
-    assert!(made.status.success(), "{made:?}");
+    self_signed(
+        "/CN=another CA",
+        &sys.logs().join("other-ca.key"),
+        &other,
+        &[],
+    );
     let other = other.to_str().unwrap().to_owned();
     let ca = std::env::var("WM_TLS_CA").unwrap();
 
@@ -460,24 +472,12 @@ async fn the_https_config_loads_and_serves_with_a_certificate_made_on_the_spot()
     let dir = sys.logs().join("nginx-https");
     let mut nginx = Nginx::configure(&dir, "https.conf", &web, http_port, https_port);
     let certs = dir.join("certs");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(certs.join("privkey.pem"))
-        .arg("-out")
-        .arg(certs.join("fullchain.pem"))
-        .output()
-        .expect("openssl runs");
-    assert!(made.status.success(), "{made:?}");
+    self_signed(
+        "/CN=localhost",
+        &certs.join("privkey.pem"),
+        &certs.join("fullchain.pem"),
+        &["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+    );
     let (ok, said) = nginx.test();
     assert!(ok, "nginx -t refuses https.conf: {said}");
     assert!(said.contains("test is successful"), "{said}");
