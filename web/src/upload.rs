@@ -453,69 +453,48 @@ async fn receive_file(
     let settings = &state.settings;
     let id = ImageId::new();
     let name = display_name(field.file_name().unwrap_or("unnamed"));
-    let mut head: Vec<u8> = Vec::new();
-    let mut upload: Option<Upload> = None;
-    let mut format: Option<Format> = None;
-    let mut rejected: Option<String> = None;
+    let mut file = Incoming::default();
     let mut size: u64 = 0;
 
     let outcome: Result<(), AppError> = async {
         while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
             budget.bytes(chunk.len())?;
             size += chunk.len() as u64;
-            if rejected.is_some() {
+            if file.rejected.is_some() {
                 continue; // read and discard the rest of a refused file
             }
             if size > settings.max_file_bytes {
-                rejected = Some(format!(
+                file.rejected = Some(format!(
                     "the file is larger than the limit of {} (MAX_FILE_BYTES)",
                     human_bytes(settings.max_file_bytes)
                 ));
-                if let Some(u) = upload.take() {
+                if let Some(u) = file.upload.take() {
                     u.abort().await;
                 }
                 continue;
             }
-            match upload.as_mut() {
+            match file.upload.as_mut() {
                 Some(u) => u.push(&chunk).await?,
                 None => {
-                    head.extend_from_slice(&chunk);
-                    if head.len() >= SNIFF_BYTES {
-                        start(
-                            state,
-                            batch,
-                            id,
-                            &mut head,
-                            &mut upload,
-                            &mut format,
-                            &mut rejected,
-                        )
-                        .await?;
+                    file.head.extend_from_slice(&chunk);
+                    if file.head.len() >= SNIFF_BYTES {
+                        file.start(state, keys::original(batch, id)).await?;
                     }
                 }
             }
         }
-        if rejected.is_none() && upload.is_none() {
+        if file.rejected.is_none() && file.upload.is_none() {
             if size == 0 {
-                rejected = Some("the file is empty".into());
+                file.rejected = Some("the file is empty".into());
             } else {
-                start(
-                    state,
-                    batch,
-                    id,
-                    &mut head,
-                    &mut upload,
-                    &mut format,
-                    &mut rejected,
-                )
-                .await?;
+                file.start(state, keys::original(batch, id)).await?;
             }
         }
         Ok(())
     }
     .await;
 
-    match (outcome, upload) {
+    match (outcome, file.upload) {
         (Err(e), Some(u)) => {
             u.abort().await;
             Err(e)
@@ -526,7 +505,7 @@ async fn receive_file(
             Ok(NewImage {
                 id,
                 name,
-                input_format: format.map(|f| f.as_str().to_owned()),
+                input_format: file.format.map(|f| f.as_str().to_owned()),
                 input_bytes: size as i64,
                 rejected: None,
             })
@@ -537,37 +516,43 @@ async fn receive_file(
             input_format: None,
             input_bytes: size as i64,
             rejected: Some(
-                rejected
+                file.rejected
                     .unwrap_or_else(|| format!("not an image we can read (expected {ACCEPTED})")),
             ),
         }),
     }
 }
 
-/// Sniffs the buffered head of a file and, when it is an image, starts its upload.
-async fn start(
-    state: &AppState,
-    batch: BatchId,
-    id: ImageId,
-    head: &mut Vec<u8>,
-    upload: &mut Option<Upload>,
-    format: &mut Option<Format>,
-    rejected: &mut Option<String>,
-) -> Result<(), AppError> {
-    match Format::sniff(head) {
-        Some(f) => {
-            let mut u = state.storage.upload(keys::original(batch, id), f.mime());
-            u.push(head).await?;
-            head.clear();
-            *format = Some(f);
-            *upload = Some(u);
+/// A file as it arrives: its first bytes until its type is known, then its upload; or why it
+/// was refused.
+#[derive(Default)]
+struct Incoming {
+    head: Vec<u8>,
+    upload: Option<Upload>,
+    format: Option<Format>,
+    rejected: Option<String>,
+}
+
+impl Incoming {
+    /// Sniffs the buffered head and, when it is an image, starts its upload to `key`.
+    async fn start(&mut self, state: &AppState, key: String) -> Result<(), AppError> {
+        match Format::sniff(&self.head) {
+            Some(f) => {
+                let mut u = state.storage.upload(key, f.mime());
+                u.push(&self.head).await?;
+                self.format = Some(f);
+                self.upload = Some(u);
+            }
+            None => {
+                self.rejected = Some(format!(
+                    "not an image we can read (expected {ACCEPTED}; the name does not matter, \
+                     the content does)"
+                ));
+            }
         }
-        None => {
-            *rejected = Some(format!("not an image we can read (expected {ACCEPTED}; the name does not matter, the content does)"));
-            head.clear();
-        }
+        self.head.clear();
+        Ok(())
     }
-    Ok(())
 }
 
 /// The bytes of the logo field, at most [`jobs::pipeline::MAX_LOGO_BYTES`].
