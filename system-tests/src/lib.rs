@@ -326,16 +326,8 @@ impl System {
 
         let mut system = Self {
             base: String::new(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
-            // Named, so that tests can tell the apps' connections from the harness's.
-            db: PgPool::connect_with(
-                db_url
-                    .parse::<sqlx::postgres::PgConnectOptions>()?
-                    .application_name("system-tests"),
-            )
-            .await?,
+            http: harness_http()?,
+            db: harness_db(&db_url).await?,
             storage,
             name: name.into(),
             env: vars,
@@ -401,16 +393,8 @@ impl System {
         });
         let mut system = Self {
             base: String::new(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
-            db: PgPool::connect_with(
-                services
-                    .database_url
-                    .parse::<sqlx::postgres::PgConnectOptions>()?
-                    .application_name("system-tests"),
-            )
-            .await?,
+            http: harness_http()?,
+            db: harness_db(&services.database_url).await?,
             storage,
             name: name.into(),
             env: vars,
@@ -815,6 +799,23 @@ impl Drop for System {
             .join();
         }
     }
+}
+
+/// The harness's own client: it sees redirects rather than following them.
+fn harness_http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
+}
+
+/// The harness's own connections to a system's database, named so that tests can tell the
+/// apps' connections from these.
+async fn harness_db(url: &str) -> anyhow::Result<PgPool> {
+    Ok(PgPool::connect_with(
+        url.parse::<sqlx::postgres::PgConnectOptions>()?
+            .application_name("system-tests"),
+    )
+    .await?)
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
