@@ -412,7 +412,12 @@ impl Drop for Hosts {
         }
         // Processes still in a namespace keep it alive after `ip netns del`; none are left.
         self.remove_namespaces();
-        let _ = std::fs::remove_dir_all(self.dir.join("pg"));
-        let _ = std::fs::remove_dir_all(self.dir.join("garage"));
+        if std::thread::panicking() {
+            // Keep the services' logs of a failed test; their data goes.
+            let _ = std::fs::remove_dir_all(self.dir.join("pg"));
+            let _ = std::fs::remove_dir_all(self.dir.join("garage"));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
