@@ -30,6 +30,21 @@ pub struct Services {
     pub secret_access_key: String,
 }
 
+impl Services {
+    /// A client of the services' bucket.
+    pub fn storage(&self) -> jobs::storage::Storage {
+        jobs::storage::Storage::from_config(jobs::storage::StorageConfig {
+            connections: jobs::storage::Connections::for_endpoint(Some(&self.s3_endpoint)),
+            endpoint: Some(self.s3_endpoint.clone()),
+            region: "us-east-1".into(),
+            bucket: self.bucket.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone().into(),
+            force_path_style: true,
+        })
+    }
+}
+
 /// Why this machine cannot run [`Hosts`], if it cannot: not root, or no `ip`.
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -355,15 +370,7 @@ impl Hosts {
             .spawn()
             .context("start garage")?;
         self.children.push(child);
-        let storage = jobs::storage::Storage::from_config(jobs::storage::StorageConfig {
-            connections: jobs::storage::Connections::QuickAck,
-            endpoint: Some(self.services.s3_endpoint.clone()),
-            region: "us-east-1".into(),
-            bucket: self.services.bucket.clone(),
-            access_key_id: self.services.access_key_id.clone(),
-            secret_access_key: self.services.secret_access_key.clone().into(),
-            force_path_style: true,
-        });
+        let storage = self.services.storage();
         let started = Instant::now();
         while storage.ping().await.is_err() {
             if started.elapsed() > Duration::from_secs(30) {

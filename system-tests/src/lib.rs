@@ -229,13 +229,14 @@ pub struct System {
 impl System {
     pub async fn start(name: &str, options: Options) -> anyhow::Result<Self> {
         binaries(); // fail early when they are missing
+        let scratch = Scratch::make().await?;
         let Scratch {
             database,
             admin_url,
             database_url: db_url,
             bucket,
             unique,
-        } = Scratch::make().await?;
+        } = scratch.clone();
 
         let mut vars: HashMap<String, String> = HashMap::new();
         for key in [
@@ -310,15 +311,8 @@ impl System {
         } else {
             None
         };
-        let storage = Storage::from_config(StorageConfig {
-            connections: Connections::for_endpoint(Some(&s3_direct)),
-            endpoint: Some(s3_direct),
-            region: vars["S3_REGION"].clone(),
-            bucket: bucket.clone(),
-            access_key_id: vars["S3_ACCESS_KEY_ID"].clone(),
-            secret_access_key: vars["S3_SECRET_ACCESS_KEY"].clone().into(),
-            force_path_style: true,
-        });
+        // The harness reaches the bucket directly, past any proxy.
+        let storage = scratch.storage();
         storage
             .ensure_bucket()
             .await
@@ -382,15 +376,7 @@ impl System {
             .join("target/system-tests")
             .join(format!("{name}-{stamp}-{}", std::process::id()));
         std::fs::create_dir_all(&logs)?;
-        let storage = Storage::from_config(StorageConfig {
-            connections: Connections::for_endpoint(Some(&services.s3_endpoint)),
-            endpoint: Some(services.s3_endpoint.clone()),
-            region: "us-east-1".into(),
-            bucket: services.bucket.clone(),
-            access_key_id: services.access_key_id.clone(),
-            secret_access_key: services.secret_access_key.clone().into(),
-            force_path_style: true,
-        });
+        let storage = services.storage();
         let mut system = Self {
             base: String::new(),
             http: harness_http()?,

@@ -29,11 +29,7 @@ impl IntoResponse for ApiError {
             body["status"] = json!("expired");
         }
         let mut response = (status, Json(body)).into_response();
-        if let Some(seconds) = self.0.retry_after() {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
-        }
+        self.0.add_retry_after(&mut response);
         response
     }
 }

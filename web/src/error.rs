@@ -53,6 +53,15 @@ impl AppError {
         }
     }
 
+    /// Adds `Retry-After` to `response` when this error says when to try again.
+    pub fn add_retry_after(&self, response: &mut axum::response::Response) {
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+    }
+
     /// The text shown to the user; logs internal errors (once) on the way.
     pub fn user_message(&self) -> String {
         if let Self::Internal(e) = self {

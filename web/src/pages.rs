@@ -46,13 +46,8 @@ impl IntoResponse for PageError {
             ),
             other => other.user_message(),
         };
-        let retry_after = self.0.retry_after();
         let mut response = render(status, &MessagePage { title, message });
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, seconds.into());
-        }
+        self.0.add_retry_after(&mut response);
         response
     }
 }

@@ -249,7 +249,6 @@ async fn receive_into(
                 files.push(file);
             }
             "logo" => {
-                budget.field()?;
                 let bytes = logo_bytes(field, &mut budget).await?;
                 if bytes.is_empty() {
                     continue; // the form's logo input, left empty
@@ -557,6 +556,7 @@ impl Incoming {
 
 /// The bytes of the logo field, at most [`jobs::pipeline::MAX_LOGO_BYTES`].
 async fn logo_bytes(mut field: Field<'_>, budget: &mut Budget) -> Result<Vec<u8>, AppError> {
+    budget.field()?;
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
         budget.bytes(chunk.len())?;
