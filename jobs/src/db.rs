@@ -321,14 +321,18 @@ impl ImageWork {
     }
 }
 
-/// Claims one attempt at a pending image: counts the attempt, moves its batch `queued ->
-/// processing`. `None` when there is nothing to do (already done or failed, or the batch is no
+/// Claims one attempt at a pending image for `worker`: counts the attempt (and notes when it
+/// started, and by whom), moves its batch `queued -> processing`. `None` when there is nothing to do (already done or failed, or the batch is no
 /// longer being processed).
-pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, sqlx::Error> {
+pub async fn start_image(
+    db: &Db,
+    image: ImageId,
+    worker: &str,
+) -> Result<Option<ImageWork>, sqlx::Error> {
     // One statement (one round trip, atomic as a transaction would be).
     let row = sqlx::query(
         "WITH started AS (
-             UPDATE images i SET attempts = i.attempts + 1
+             UPDATE images i SET attempts = i.attempts + 1, started_at = now(), started_by = $2
              FROM batches b
              WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
                AND b.status IN ('uploading', 'queued', 'processing')
@@ -340,6 +344,7 @@ pub async fn start_image(db: &Db, image: ImageId) -> Result<Option<ImageWork>, s
          SELECT batch_id, attempts, retries, pipeline FROM started",
     )
     .bind(image)
+    .bind(worker)
     .fetch_optional(db)
     .await?;
     let Some(row) = row else {
@@ -680,7 +685,8 @@ pub async fn note_image_error(
 /// their attempts count as retries, not against the images.
 pub async fn hand_back(db: &Db, images: &[ImageId]) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
-        "UPDATE images SET enqueued_at = NULL, retries = retries + 1
+        "UPDATE images SET enqueued_at = NULL, retries = retries + 1,
+                           error = 'its worker stopped before finishing it'
          WHERE id = ANY($1) AND status = 'pending'",
     )
     .bind(images)

@@ -23,6 +23,7 @@ pub mod tasks;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod view;
 pub mod wake;
 
 pub use config::Settings;

@@ -101,7 +101,7 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
         );
         return Ok(());
     }
-    let Some(work) = db::start_image(&ctx.db, job.image).await? else {
+    let Some(work) = db::start_image(&ctx.db, job.image, &ctx.worker).await? else {
         return Ok(()); // already done, failed, or its batch is gone: nothing to do
     };
     let held = Held::new(&ctx.in_hand, job.image);
