@@ -654,6 +654,52 @@ pub async fn fail_stale_uploads(
     .await
 }
 
+/// One entry of a batch's event log (`batch_events`, written mostly by triggers: see the
+/// migration `20261130000001`).
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    /// `batch.uploaded`, `image.started`, `image.done`, `image.failed`, `image.retried`,
+    /// `batch.archived`, `batch.failed`, `batch.downloaded`, `batch.expired`,
+    /// `webhook.delivered`, `webhook.failed`.
+    pub kind: String,
+    /// The image's name, for image events.
+    pub image: Option<String>,
+    pub worker: Option<String>,
+    pub attempt: Option<i32>,
+    /// A reason, a size, an HTTP status.
+    pub detail: Option<String>,
+}
+
+/// The event log of a batch, oldest first, at most `limit` entries.
+pub async fn batch_events(db: &Db, batch: BatchId, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
+    sqlx::query_as::<_, Event>(
+        "SELECT e.at, e.kind, i.name AS image, e.worker, e.attempt, e.detail
+         FROM batch_events e LEFT JOIN images i ON i.id = e.image_id
+         WHERE e.batch_id = $1 ORDER BY e.id LIMIT $2",
+    )
+    .bind(batch)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Adds an event the triggers do not write (a download, a webhook delivery).
+pub async fn record_event(
+    db: &Db,
+    batch: BatchId,
+    kind: &str,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO batch_events (batch_id, kind, detail) VALUES ($1, $2, $3)")
+        .bind(batch)
+        .bind(kind)
+        .bind(detail)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Cheap liveness check for `/readyz`.
 pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(db).await?;

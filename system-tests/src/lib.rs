@@ -555,7 +555,7 @@ impl System {
     }
 
     /// `GET path`: the answer's status and JSON.
-    async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let res = self.http.get(self.url(path)).send().await?;
         Ok((res.status().as_u16(), res.json().await?))
     }

@@ -152,6 +152,36 @@ async fn a_batch_goes_from_upload_to_zip_with_the_watermark_where_it_belongs() {
         page.contains("notes.jpg") && page.contains("Download the zip"),
         "{page}"
     );
+
+    // The event log tells the batch's story: received, each image started and done by the
+    // worker on its first attempt (the text file refused at upload), archived, downloaded.
+    let (code, log) = sys
+        .get_json(&format!("/api/batches/{id}/events"))
+        .await
+        .expect("events");
+    assert_eq!(code, 200, "{log}");
+    let events = log["events"].as_array().expect("a list");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let count = |kind: &str| kinds.iter().filter(|k| **k == kind).count();
+    assert_eq!(count("batch.uploaded"), 1, "{kinds:?}");
+    assert_eq!(count("image.started"), 6, "{kinds:?}");
+    assert_eq!(count("image.done"), 6, "{kinds:?}");
+    assert_eq!(count("image.failed"), 1, "{kinds:?}");
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["batch.archived", "batch.downloaded"]
+    );
+    for e in events.iter().filter(|e| e["kind"] == "image.started") {
+        assert_eq!(e["worker"], "worker-a", "{e}");
+        assert_eq!(e["attempt"], 1, "{e}");
+        assert!(e["image"].is_string(), "{e}");
+    }
+    let refused = events.iter().find(|e| e["kind"] == "image.failed").unwrap();
+    assert_eq!(refused["image"], "notes.jpg");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("not an image"),
+        "{refused}"
+    );
     sys.shutdown().await;
 }
 
@@ -204,7 +234,7 @@ async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410(
     assert_eq!(code, 410, "the batch never expired");
     // The answer says how long files are kept: RESULT_TTL_SECONDS, not a fixed hour.
     assert!(
-        gone["error"]
+        gone["error"]["message"]
             .as_str()
             .is_some_and(|e| e.contains("deleted 2 seconds after it finished")),
         "{gone}"
@@ -237,6 +267,17 @@ async fn the_purge_deletes_every_object_after_the_ttl_and_the_batch_answers_410(
         .count("SELECT count(*) FROM batches WHERE status = 'expired'")
         .await;
     assert_eq!(purged, 1);
+    // The log of an expired batch stays readable, and ends with its expiry.
+    let (code, log) = sys
+        .get_json(&format!("/api/batches/{id}/events"))
+        .await
+        .expect("events");
+    assert_eq!(code, 200, "{log}");
+    let last = log["events"].as_array().and_then(|e| e.last()).cloned();
+    assert_eq!(
+        last.map(|e| e["kind"].clone()),
+        Some(json!("batch.expired"))
+    );
     sys.shutdown().await;
 }
 
@@ -402,7 +443,7 @@ async fn bad_requests_and_limits_get_clear_answers_and_leave_nothing_behind() {
         .unwrap();
     assert_eq!(code, 400);
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("unknown task \"sharpen\""),
@@ -417,7 +458,10 @@ async fn bad_requests_and_limits_get_clear_answers_and_leave_nothing_behind() {
         .unwrap();
     assert_eq!(code, 400);
     assert!(
-        body["error"].as_str().unwrap().contains("opacity"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("opacity"),
         "{body}"
     );
     let (code, body) = sys.submit(&[], None).await.unwrap();
@@ -429,7 +473,7 @@ async fn bad_requests_and_limits_get_clear_answers_and_leave_nothing_behind() {
     let (code, body) = sys.submit(&four, None).await.unwrap();
     assert_eq!(code, 413);
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("MAX_FILES_PER_BATCH"),
@@ -660,7 +704,7 @@ async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() 
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap_or("")
             .contains("logo is not an image"),
@@ -676,7 +720,7 @@ async fn an_uploaded_logo_is_drawn_and_a_logo_that_is_not_an_image_is_refused() 
         .expect("answers");
     assert_eq!(code, 400, "{body}");
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap_or("")
             .contains("needs a logo file"),

@@ -176,7 +176,10 @@ async fn storage_unreachable_for_ten_seconds_is_waited_out() {
     let (code, body) = sys.submit(&files(&refused), None).await.expect("answers");
     assert_eq!(code, 503, "{body}");
     assert!(
-        body["error"].as_str().unwrap_or("").contains("storage"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("storage"),
         "{body}"
     );
 
@@ -756,7 +759,7 @@ async fn with_a_dependency_down_submissions_answer_503_naming_it_and_store_nothi
         }
         let (code, body) = sys.submit(&files(&sent[..3]), None).await.expect("answers");
         assert_eq!(code, 503, "{down} down: {body}");
-        let message = body["error"].as_str().unwrap_or_default();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
         let named = match down {
             "postgres" => "Postgres",
             "redis" => "Redis",

@@ -956,7 +956,7 @@ async fn hostile_file_names_become_safe_unique_zip_entries_and_escaped_text() {
     let body: Value = res.json().await.expect("JSON");
     assert_eq!(code, 400, "{body}");
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("could not be read"),
@@ -1188,7 +1188,7 @@ async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_par
     let six_ref: Vec<(&str, Vec<u8>)> = six.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     let (code, body) = sys.submit(&six_ref, None).await.unwrap();
     assert_eq!(code, 413, "{body}");
-    let error = body["error"].as_str().unwrap();
+    let error = body["error"]["message"].as_str().unwrap();
     assert!(
         error.contains("at most 5") && error.contains("MAX_FILES_PER_BATCH"),
         "{error}"
@@ -1215,7 +1215,10 @@ async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_par
     let (code, body) = sys.submit(&four_ref, None).await.unwrap();
     assert_eq!(code, 413, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("MAX_BATCH_BYTES"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_BATCH_BYTES"),
         "{body}"
     );
     nothing_left().await;
@@ -1236,7 +1239,10 @@ async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_par
         .unwrap();
     assert_eq!(code, 413, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("MAX_BATCH_BYTES"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_BATCH_BYTES"),
         "{body}"
     );
     nothing_left().await;
@@ -1303,7 +1309,7 @@ async fn an_upload_cut_off_in_the_middle_of_a_multipart_upload_leaves_no_parts_b
     let (code, body) = sys.submit(&[("big.png", big)], None).await.unwrap();
     assert_eq!(code, 413, "{body}");
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("9 MiB per batch (MAX_BATCH_BYTES)"),
@@ -1418,7 +1424,7 @@ async fn bad_parameters_get_400_naming_the_problem_and_create_nothing() {
     for (pipeline, needle) in &cases {
         let (code, body) = sys.submit(&file(), Some(pipeline)).await.unwrap();
         assert_eq!(code, 400, "{pipeline} answered {body}");
-        let error = body["error"].as_str().unwrap();
+        let error = body["error"]["message"].as_str().unwrap();
         assert!(error.starts_with("invalid pipeline: "), "{error}");
         assert!(
             error.contains(needle),
@@ -1442,7 +1448,7 @@ async fn bad_parameters_get_400_naming_the_problem_and_create_nothing() {
         assert_eq!(res.status().as_u16(), 400);
         let body: Value = res.json().await.unwrap();
         assert!(
-            body["error"].as_str().unwrap().contains(needle),
+            body["error"]["message"].as_str().unwrap().contains(needle),
             "{raw}: {body}"
         );
     }
@@ -1455,7 +1461,7 @@ async fn bad_parameters_get_400_naming_the_problem_and_create_nothing() {
     assert_eq!(res.status().as_u16(), 413);
     let body: Value = res.json().await.unwrap();
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("\"pipeline\" is too long"),

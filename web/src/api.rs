@@ -1,6 +1,7 @@
 //! The JSON API: submit a batch, follow it, list the tasks; and the health checks.
 
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{FromRequestParts, Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +13,8 @@ use crate::state::AppState;
 use crate::upload;
 use crate::view::{load_view_with, BatchView};
 
-/// An [`AppError`] answered as JSON: `{"error": message}`.
+/// An [`AppError`] answered as JSON: `{"error": {"code": "not_found", "message": "…"}}`, with
+/// `Retry-After` when trying again later makes sense.
 pub struct ApiError(pub AppError);
 
 impl<E: Into<AppError>> From<E> for ApiError {
@@ -24,7 +26,9 @@ impl<E: Into<AppError>> From<E> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        let mut body = json!({ "error": self.0.user_message() });
+        let mut body = json!({
+            "error": { "code": self.0.code(), "message": self.0.user_message() }
+        });
         if matches!(self.0, AppError::Gone) {
             body["status"] = json!("expired");
         }
@@ -34,13 +38,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Path` whose refusal is answered as an API error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `Query` whose refusal is answered as an API error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Whether the client asked for JSON (`Accept: application/json`) rather than a page: routes
+/// shared by browsers and API clients (the download) answer their errors in kind.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json") && !accept.contains("text/html"))
+}
+
 /// `POST /api/batches`: multipart with `files` (one or more) and an optional `pipeline` (JSON).
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let received = upload::receive(&state, &headers, multipart).await?;
+    let received = upload::receive(&state, &headers, multipart?).await?;
     let id = received.batch;
     Ok((
         StatusCode::ACCEPTED,
@@ -69,8 +92,8 @@ fn yes() -> bool {
 /// `GET /api/batches/{id}[?images=false]`.
 pub async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<StatusQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<BatchView>, ApiError> {
     Ok(Json(load_view_with(&state, &id, query.images).await?))
 }
@@ -94,4 +117,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(probe.to_json())).into_response()
+}
+
+/// Most events `GET /api/batches/{id}/events` returns (a batch of 200 images that each needed
+/// a few attempts stays well under it).
+const MAX_EVENTS: i64 = 5000;
+
+/// `GET /api/batches/{id}/events`: everything that happened to the batch, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: jobs::BatchId = id.parse().map_err(|_| AppError::NotFound)?;
+    if jobs::db::get_batch(&state.db, id).await?.is_none() {
+        return Err(AppError::NotFound.into());
+    }
+    let events = jobs::db::batch_events(&state.db, id, MAX_EVENTS).await?;
+    Ok(Json(json!({ "id": id, "events": events })))
 }

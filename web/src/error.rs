@@ -11,6 +11,11 @@ pub enum AppError {
     TooLarge(String),
     #[error("no batch with this id")]
     NotFound,
+    /// A path that is not part of the API, or a method a path does not take.
+    #[error("{0}")]
+    NoRoute(String),
+    #[error("this path does not take that method")]
+    MethodNotAllowed,
     #[error(
         "this batch has expired: its files were deleted {} after it finished",
         crate::state::kept_for()
@@ -35,12 +40,30 @@ impl AppError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gone => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable name of the error, in the API's `{"error": {"code": …}}`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::TooLarge(_) => "too_large",
+            Self::NotFound => "not_found",
+            Self::NoRoute(_) => "no_such_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Gone => "expired",
+            Self::Conflict(_) => "not_ready",
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout(_) => "too_slow",
+            Self::Busy(_) => "busy",
+            Self::Internal(_) => "internal",
         }
     }
 
@@ -68,6 +91,26 @@ impl AppError {
             tracing::error!(error = ?e, "internal error");
         }
         self.to_string()
+    }
+}
+
+/// A request the extractors refused (a body that is not multipart, a query that does not
+/// parse): the client's mistake, said in axum's words.
+impl From<axum::extract::multipart::MultipartRejection> for AppError {
+    fn from(e: axum::extract::multipart::MultipartRejection) -> Self {
+        Self::BadRequest(format!("the upload could not be read: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for AppError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest(e.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for AppError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        Self::BadRequest(e.body_text())
     }
 }
 

@@ -2,6 +2,7 @@
 
 use askama::Template;
 use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -29,7 +30,8 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = self.0.status();
         let title = match &self.0 {
-            AppError::NotFound => "Not found",
+            AppError::NotFound | AppError::NoRoute(_) => "Not found",
+            AppError::MethodNotAllowed => "That did not work",
             AppError::Gone => "This batch has expired",
             AppError::BadRequest(_) | AppError::TooLarge(_) | AppError::Timeout(_) => {
                 "That did not work"
@@ -196,9 +198,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    match upload::receive(&state, &headers, multipart).await {
+    let received = match multipart {
+        Ok(multipart) => upload::receive(&state, &headers, multipart).await,
+        Err(refused) => Err(refused.into()),
+    };
+    match received {
         Ok(received) => Redirect::to(&format!("/batches/{}", received.batch)).into_response(),
         Err(e @ (AppError::BadRequest(_) | AppError::TooLarge(_))) => {
             let status = e.status();
@@ -254,18 +260,27 @@ pub async fn batch(
     Ok(render(StatusCode::OK, &BatchPage { view }))
 }
 
-/// `GET /batches/{id}/download`: the zip, streamed from storage.
+/// `GET /batches/{id}/download`: the zip, streamed from storage. Its errors are a page, or
+/// the API's JSON when the client asks for JSON.
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Response, PageError> {
-    let view = load_view(&state, &id).await?;
+    headers: HeaderMap,
+) -> Response {
+    match stream_archive(&state, &id).await {
+        Ok(response) => response,
+        Err(e) if crate::api::wants_json(&headers) => crate::api::ApiError(e).into_response(),
+        Err(e) => PageError(e).into_response(),
+    }
+}
+
+async fn stream_archive(state: &AppState, id: &str) -> Result<Response, AppError> {
+    let view = load_view(state, id).await?;
     if view.status != BatchStatus::Done {
         return Err(AppError::Conflict(format!(
             "the zip is not ready yet (the batch is {}); this page will have a link when it is",
             view.status
-        ))
-        .into());
+        )));
     }
     let (body, len) = state
         .storage
@@ -278,6 +293,9 @@ pub async fn download(
                 e.into()
             }
         })?;
+    if let Err(e) = jobs::db::record_event(&state.db, view.id, "batch.downloaded", None).await {
+        tracing::warn!(batch = %view.id, error = %e, "could not record a download");
+    }
     let stream = tokio_util::io::ReaderStream::new(body.into_async_read());
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
@@ -301,8 +319,27 @@ pub async fn download(
     Ok(response)
 }
 
-pub async fn not_found() -> Response {
-    PageError(AppError::NotFound).into_response()
+/// Any path no route takes: the API's JSON under `/api/`, a page elsewhere.
+pub async fn no_route(uri: axum::http::Uri) -> Response {
+    if is_api(uri.path()) {
+        let message = format!("the API has no route {}", uri.path());
+        crate::api::ApiError(AppError::NoRoute(message)).into_response()
+    } else {
+        PageError(AppError::NotFound).into_response()
+    }
+}
+
+/// A method a route does not take: the API's JSON under `/api/`, a page elsewhere.
+pub async fn wrong_method(uri: axum::http::Uri) -> Response {
+    if is_api(uri.path()) {
+        crate::api::ApiError(AppError::MethodNotAllowed).into_response()
+    } else {
+        PageError(AppError::MethodNotAllowed).into_response()
+    }
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
 }
 
 pub async fn script() -> impl IntoResponse {

@@ -28,10 +28,12 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.css", get(pages::style))
         .route("/api/batches", post(api::submit).layer(paced))
         .route("/api/batches/{id}", get(api::status))
+        .route("/api/batches/{id}/events", get(api::events))
         .route("/api/tasks", get(api::tasks))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .fallback(pages::not_found)
+        .fallback(pages::no_route)
+        .method_not_allowed_fallback(pages::wrong_method)
         // Uploads are counted and limited as they stream (MAX_BATCH_BYTES), not buffered.
         .layer(DefaultBodyLimit::disable())
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -116,7 +116,7 @@ async fn the_api_names_what_is_wrong_with_a_submission_and_stores_nothing() {
         let (status, body) = post(&app, "/api/batches", &parts).await;
         assert_eq!(status.as_u16(), want, "{what}: {body}");
         let json: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: {body}"));
-        let error = json["error"].as_str().unwrap_or_default();
+        let error = json["error"]["message"].as_str().unwrap_or_default();
         assert!(error.contains(says), "{what}: {error}");
     }
     // Too many fields besides the files.
@@ -207,4 +207,69 @@ async fn reads_answer_json_under_api_and_pages_elsewhere() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("<html"), "{body}");
     scratch.clean_up().await;
+}
+
+/// Every `/api` error is `{"error": {"code", "message"}}`: unknown paths and methods, a body
+/// that is not multipart, a query that does not parse, and the download when asked for JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_error_is_json_with_a_code_and_a_message() {
+    let (app, _state, scratch) = app().await;
+    let unknown = uuid_like();
+    let not_multipart = Request::post("/api/batches")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let wrong_method = Request::delete("/api/tasks").body(Body::empty()).unwrap();
+    let bad_query = Request::get(format!("/api/batches/{unknown}?images=maybe"))
+        .body(Body::empty())
+        .unwrap();
+    let download = Request::get(format!("/batches/{unknown}/download"))
+        .header(header::ACCEPT, "application/json")
+        .body(Body::empty())
+        .unwrap();
+    let nowhere = Request::get("/api/nowhere").body(Body::empty()).unwrap();
+    let events = Request::get(format!("/api/batches/{unknown}/events"))
+        .body(Body::empty())
+        .unwrap();
+    for (what, request, want, code) in [
+        ("an unknown API path", nowhere, 404, "no_such_route"),
+        (
+            "a method the path does not take",
+            wrong_method,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "a body that is not multipart",
+            not_multipart,
+            400,
+            "bad_request",
+        ),
+        ("a query that does not parse", bad_query, 400, "bad_request"),
+        (
+            "the download of an unknown batch, as JSON",
+            download,
+            404,
+            "not_found",
+        ),
+        ("the events of an unknown batch", events, 404, "not_found"),
+    ] {
+        let (status, body) = answer(&app, request).await;
+        assert_eq!(status.as_u16(), want, "{what}: {body}");
+        let json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what} is not JSON: {body}"));
+        assert_eq!(json["error"]["code"], code, "{what}: {json}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{what}: {json}");
+    }
+    // The download asked for by a browser still answers a page.
+    let (status, body) = get(&app, &format!("/batches/{unknown}/download")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("<html"), "{body}");
+    scratch.clean_up().await;
+}
+
+/// A well-formed id that no batch has.
+fn uuid_like() -> String {
+    "0b6f2a9e-6c1d-4d61-9f0e-2f1d6c1f0a00".into()
 }
