@@ -373,17 +373,23 @@ fn transform(input: &[u8], mut filter: &mut Filter) -> Result<Vec<u8>, ProcessEr
         }
     }
     thread_local! {
-        // One transformer per thread, kept between images.
-        static HANDLE: Handle = Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_TRANSFORM as libc::c_int) });
+        // One transformer per thread, kept between images, and made again after an error (a
+        // TurboJPEG handle that failed on a broken file goes on failing on good ones).
+        static HANDLE: std::cell::RefCell<Option<Handle>> = const { std::cell::RefCell::new(None) };
     }
     let fail = |handle: raw::tjhandle| {
         // SAFETY: the handle is valid; the message is a C string owned by TurboJPEG.
         let message = unsafe { std::ffi::CStr::from_ptr(raw::tj3GetErrorStr(handle)) };
         ProcessError::Corrupt(message.to_string_lossy().into_owned())
     };
-    HANDLE.with(|handle| {
+    HANDLE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        // SAFETY: tj3Init has no preconditions; the handle is destroyed once, by `Handle`.
+        let handle = slot.get_or_insert_with(|| {
+            Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_TRANSFORM as libc::c_int) })
+        });
         // SAFETY: plain FFI on buffers that outlive the calls.
-        unsafe {
+        let result = unsafe {
             if handle.0.is_null() {
                 return Err(ProcessError::Encode(
                     "cannot start the JPEG transformer".into(),
@@ -421,7 +427,11 @@ fn transform(input: &[u8], mut filter: &mut Filter) -> Result<Vec<u8>, ProcessEr
             let bytes = std::slice::from_raw_parts(out, out_len as usize).to_vec();
             raw::tj3Free(out as *mut libc::c_void);
             Ok(bytes)
+        };
+        if result.is_err() {
+            *slot = None;
         }
+        result
     })
 }
 

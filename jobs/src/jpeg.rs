@@ -24,7 +24,8 @@ fn corrupt(e: turbojpeg::Error) -> ProcessError {
     ProcessError::Corrupt(e.to_string())
 }
 
-/// Runs `f` with this thread's decompressor (made once per thread).
+/// Runs `f` with this thread's decompressor (made once per thread, and made again after an
+/// error: a TurboJPEG handle that failed on a broken file goes on failing on good ones).
 fn with_decompressor<T>(
     f: impl FnOnce(&mut Decompressor) -> Result<T, ProcessError>,
 ) -> Result<T, ProcessError> {
@@ -33,10 +34,15 @@ fn with_decompressor<T>(
         if slot.is_none() {
             *slot = Some(Decompressor::new().map_err(corrupt)?);
         }
-        f(slot.as_mut().expect("just made"))
+        let result = f(slot.as_mut().expect("just made"));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     })
 }
 
+/// Runs `f` with this thread's compressor (made again after an error, like the decompressor).
 fn with_compressor<T>(
     f: impl FnOnce(&mut Compressor) -> Result<T, ProcessError>,
 ) -> Result<T, ProcessError> {
@@ -45,7 +51,11 @@ fn with_compressor<T>(
         if slot.is_none() {
             *slot = Some(Compressor::new().map_err(|e| ProcessError::Encode(e.to_string()))?);
         }
-        f(slot.as_mut().expect("just made"))
+        let result = f(slot.as_mut().expect("just made"));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     })
 }
 

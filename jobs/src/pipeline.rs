@@ -512,6 +512,49 @@ mod tests {
         );
     }
 
+    /// A corrupt JPEG fails alone: the images after it on the same thread (the same image
+    /// process) are processed as if it had never come, on every JPEG path.
+    #[test]
+    fn a_broken_jpeg_does_not_break_the_next_ones() {
+        // Made by the `image` crate's encoder (its header differs from TurboJPEG's): the case
+        // seen in a worker, where every JPEG after this one failed with its error.
+        let image_crate_jpeg = |w, h| {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8])
+            });
+            let mut out = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 88)
+                .encode_image(&img)
+                .expect("encodes");
+            out
+        };
+        let mut broken = image_crate_jpeg(64, 64);
+        broken.truncate(40);
+        broken.extend(std::iter::repeat_n(0x55, 400));
+        // Tiled (the planes), and a small mark in a corner (the DCT domain).
+        let corner = Pipeline::parse(&serde_json::json!([
+            {"task": "watermark", "position": "bottom-right", "scale": 0.1}
+        ]))
+        .expect("valid");
+        for pipeline in [default_pipeline(), corner] {
+            for path in [JpegPath::Auto, JpegPath::Planar, JpegPath::Pixels] {
+                let limits = Limits {
+                    jpeg_path: path,
+                    ..LIMITS
+                };
+                for _ in 0..2 {
+                    let err = process(&broken, &pipeline, &limits).expect_err("broken");
+                    assert!(matches!(err, ProcessError::Corrupt(_)), "{path:?}: {err}");
+                    let good = image_crate_jpeg(320, 240);
+                    let out = process(&good, &pipeline, &limits).unwrap_or_else(|e| {
+                        panic!("{path:?}: a good JPEG after a broken one: {e}")
+                    });
+                    assert_eq!((out.width, out.height), (320, 240));
+                }
+            }
+        }
+    }
+
     #[test]
     fn too_many_pixels_is_refused_before_decoding() {
         let err =
