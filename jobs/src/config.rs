@@ -112,6 +112,12 @@ pub struct Settings {
     #[arg(long, env = "JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
 
+    /// Token that opens the monitoring page (`/monitor`) and `GET /api/stats` (as
+    /// `Authorization: Bearer <token>`, or through the page's sign-in). Both are off without it.
+    /// Use a long random value, e.g. `openssl rand -hex 32`.
+    #[arg(long, env = "MONITOR_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub monitor_token: Option<SecretString>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -700,6 +700,129 @@ pub async fn record_event(
     Ok(())
 }
 
+/// A worker is live while it reported within this many seconds (it reports every
+/// [`HEARTBEAT_SECONDS`]).
+pub const LIVE_WORKER_SECONDS: i64 = 30;
+/// How often a worker reports to the `workers` table.
+pub const HEARTBEAT_SECONDS: u64 = 5;
+
+/// The cluster's state, as `web`'s metrics and the monitor show it.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub batches: Vec<(BatchStatus, i64)>,
+    /// Images not finished yet, in batches still being received or processed.
+    pub images_pending: i64,
+    pub workers_live: i64,
+    pub webhooks_pending: i64,
+}
+
+/// Reads [`Cluster`] in one statement.
+pub async fn cluster(db: &Db) -> Result<Cluster, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT
+           (SELECT array_agg(status) FROM (SELECT status FROM batches GROUP BY status
+                                           ORDER BY status) s) AS statuses,
+           (SELECT array_agg(n) FROM (SELECT count(*) AS n FROM batches GROUP BY status
+                                      ORDER BY status) s) AS counts,
+           (SELECT count(*) FROM images i JOIN batches b ON b.id = i.batch_id
+            WHERE i.status = 'pending'
+              AND b.status IN ('uploading', 'queued', 'processing')) AS images_pending,
+           (SELECT count(*) FROM workers WHERE stopped_at IS NULL
+              AND last_seen > now() - make_interval(secs => $1)) AS workers_live,
+           (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS webhooks_pending",
+    )
+    .bind(LIVE_WORKER_SECONDS as f64)
+    .fetch_one(db)
+    .await?;
+    let statuses: Vec<String> = row.try_get::<Option<_>, _>("statuses")?.unwrap_or_default();
+    let counts: Vec<i64> = row.try_get::<Option<_>, _>("counts")?.unwrap_or_default();
+    Ok(Cluster {
+        batches: statuses
+            .into_iter()
+            .zip(counts)
+            .filter_map(|(s, n)| s.parse().ok().map(|s| (s, n)))
+            .collect(),
+        images_pending: row.try_get("images_pending")?,
+        workers_live: row.try_get("workers_live")?,
+        webhooks_pending: row.try_get("webhooks_pending")?,
+    })
+}
+
+/// What a worker reports about itself every [`HEARTBEAT_SECONDS`].
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    pub name: String,
+    pub host: String,
+    pub pid: i32,
+    pub concurrency: i32,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub in_flight: i32,
+    pub images_done: i64,
+    pub images_failed: i64,
+}
+
+/// Writes a worker's report (`last_seen` = now); a worker that starts again under the same name
+/// starts its row afresh.
+pub async fn worker_seen(db: &Db, report: &WorkerReport) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO workers (name, host, pid, concurrency, version, started_at, last_seen,
+                              stopped_at, in_flight, images_done, images_failed)
+         VALUES ($1, $2, $3, $4, $5, $6, now(), NULL, $7, $8, $9)
+         ON CONFLICT (name) DO UPDATE SET host = $2, pid = $3, concurrency = $4, version = $5,
+             started_at = $6, last_seen = now(), stopped_at = NULL, in_flight = $7,
+             images_done = $8, images_failed = $9",
+    )
+    .bind(&report.name)
+    .bind(&report.host)
+    .bind(report.pid)
+    .bind(report.concurrency)
+    .bind(&report.version)
+    .bind(report.started_at)
+    .bind(report.in_flight)
+    .bind(report.images_done)
+    .bind(report.images_failed)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks a worker stopped (it stopped cleanly).
+pub async fn worker_stopped(db: &Db, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE workers SET stopped_at = now(), in_flight = 0 WHERE name = $1")
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A worker as the monitor shows it.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub host: String,
+    pub concurrency: i32,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub in_flight: i32,
+    pub images_done: i64,
+    pub images_failed: i64,
+}
+
+/// The live workers, by name.
+pub async fn live_workers(db: &Db) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as::<_, WorkerRow>(
+        "SELECT name, host, concurrency, version, started_at, last_seen, in_flight, images_done,
+                images_failed
+         FROM workers WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1)
+         ORDER BY name",
+    )
+    .bind(LIVE_WORKER_SECONDS as f64)
+    .fetch_all(db)
+    .await
+}
+
 /// Cheap liveness check for `/readyz`.
 pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(db).await?;

@@ -8,10 +8,7 @@ use system_tests::{Options, System};
 
 /// A port free right now on loopback.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    system_tests::faults::free_port().expect("a free port")
 }
 
 /// A self-signed P-256 certificate for `subject`, valid one day, made with openssl, with its key.

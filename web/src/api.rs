@@ -108,6 +108,22 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `GET /metrics`: `web`'s metrics and the cluster's state read from Postgres, in Prometheus's
+/// text format. Should Postgres not answer, the process's own metrics are still served.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Err(e) = jobs::metrics::observe_cluster(&state.db).await {
+        tracing::warn!(error = %e, "metrics: cannot read the cluster's state from Postgres");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            jobs::metrics::CONTENT_TYPE,
+        )],
+        jobs::metrics::render(),
+    )
+        .into_response()
+}
+
 /// `GET /readyz`: 200 when Postgres, Redis and S3 all answer; 503 naming the ones that do not.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let probe = state.probe().await;

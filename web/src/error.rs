@@ -16,6 +16,9 @@ pub enum AppError {
     NoRoute(String),
     #[error("this path does not take that method")]
     MethodNotAllowed,
+    /// The monitor and the statistics without their token.
+    #[error("this needs the monitoring token (MONITOR_TOKEN), as `Authorization: Bearer <token>`")]
+    Unauthorized,
     #[error(
         "this batch has expired: its files were deleted {} after it finished",
         crate::state::kept_for()
@@ -42,6 +45,7 @@ impl AppError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Gone => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -58,6 +62,7 @@ impl AppError {
             Self::NotFound => "not_found",
             Self::NoRoute(_) => "no_such_route",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
             Self::Gone => "expired",
             Self::Conflict(_) => "not_ready",
             Self::Unavailable(_) => "unavailable",

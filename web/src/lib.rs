@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Parser;
 
+pub mod access;
 pub mod api;
+pub mod chart;
 pub mod error;
 pub mod format;
+pub mod monitor;
 pub mod pace;
 pub mod pages;
 pub mod routes;
@@ -47,6 +50,7 @@ pub struct Cli {
 /// http://…` on stdout for scripts and tests, and serves until SIGTERM or Ctrl-C.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     return_large_buffers();
+    jobs::metrics::touch_web();
     let state = AppState::connect(cli.settings.clone()).await?;
     if cli.s3_create_bucket {
         state

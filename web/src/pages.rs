@@ -32,6 +32,7 @@ impl IntoResponse for PageError {
         let title = match &self.0 {
             AppError::NotFound | AppError::NoRoute(_) => "Not found",
             AppError::MethodNotAllowed => "That did not work",
+            AppError::Unauthorized => "Sign in first",
             AppError::Gone => "This batch has expired",
             AppError::BadRequest(_) | AppError::TooLarge(_) | AppError::Timeout(_) => {
                 "That did not work"
@@ -54,7 +55,7 @@ impl IntoResponse for PageError {
     }
 }
 
-fn render(status: StatusCode, page: &impl Template) -> Response {
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
@@ -353,5 +354,19 @@ pub async fn style() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("../static/app.css"),
+    )
+}
+
+pub async fn monitor_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/monitor.js"),
+    )
+}
+
+pub async fn monitor_style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/monitor.css"),
     )
 }

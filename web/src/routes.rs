@@ -3,14 +3,15 @@
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{api, pages};
+use crate::{access, api, monitor, pages};
 
 pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
@@ -30,8 +31,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/batches/{id}", get(api::status))
         .route("/api/batches/{id}/events", get(api::events))
         .route("/api/tasks", get(api::tasks))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
+        .route("/api/stats", get(monitor::stats_api))
+        .route("/api/monitor", get(monitor::monitor_api))
+        .route("/monitor", get(monitor::page))
+        .route("/monitor/sign-in", post(monitor::sign_in))
+        .route("/monitor/sign-out", post(monitor::sign_out))
+        .route("/static/monitor.js", get(pages::monitor_script))
+        .route("/static/monitor.css", get(pages::monitor_style))
+        .merge(
+            Router::new()
+                .route("/healthz", get(api::healthz))
+                .route("/readyz", get(api::readyz))
+                .route("/metrics", get(api::metrics))
+                .route_layer(axum::middleware::map_response(access::quiet)),
+        )
         .fallback(pages::no_route)
         .method_not_allowed_fallback(pages::wrong_method)
         // Uploads are counted and limited as they stream (MAX_BATCH_BYTES), not buffered.
@@ -51,6 +64,22 @@ pub fn router(state: AppState) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access::count))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(access::span)
+                .on_request(())
+                .on_response(access::log),
+        )
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            access::REQUEST_ID,
+        )))
+        .layer(SetRequestIdLayer::new(
+            HeaderName::from_static(access::REQUEST_ID),
+            access::Ids,
+        ))
+        .layer(axum::middleware::map_request(|r| async move {
+            access::drop_unfit_id(r)
+        }))
         .with_state(state)
 }

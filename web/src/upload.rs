@@ -142,11 +142,16 @@ pub async fn receive(
         )));
     };
     let state = state.clone();
-    tokio::spawn(async move {
+    let upload = async move {
         let received = receive_owned(&state, multipart).await;
         drop(slot); // after the clean-up of a refused upload, too
         received
-    })
+    };
+    // In the request's span, so that its log lines carry the request's id.
+    tokio::spawn(tracing::Instrument::instrument(
+        upload,
+        tracing::Span::current(),
+    ))
     .await
     .map_err(|e| AppError::Internal(e.into()))?
 }
@@ -164,8 +169,13 @@ async fn receive_owned(state: &AppState, mut multipart: Multipart) -> Result<Rec
     let batch = BatchId::new();
     let mut created = false;
     state.uploads.add(batch);
+    jobs::metrics::UPLOADS_IN_PROGRESS.inc();
     let result = receive_into(state, batch, &mut created, &mut multipart).await;
+    jobs::metrics::UPLOADS_IN_PROGRESS.dec();
     state.uploads.remove(batch);
+    if result.is_ok() {
+        jobs::metrics::BATCHES_SUBMITTED.inc();
+    }
     if result.is_err() && created {
         forget(state, batch).await;
     }
@@ -457,6 +467,7 @@ async fn receive_file(
 
     let outcome: Result<(), AppError> = async {
         while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+            jobs::metrics::UPLOADED_BYTES.inc_by(chunk.len() as u64);
             budget.bytes(chunk.len())?;
             size += chunk.len() as u64;
             if file.rejected.is_some() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
+use jobs::metrics;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::ctx::Ctx;
@@ -37,11 +38,19 @@ pub async fn start(schedules: &Schedules, ctx: Ctx) -> anyhow::Result<JobSchedul
                         return;
                     }
                     match jobs::maintenance::purge(&ctx.db, &ctx.storage).await {
-                        Ok(r) if r.batches > 0 => {
-                            tracing::info!(batches = r.batches, objects = r.objects, "purge done")
+                        Ok(r) => {
+                            metrics::PURGE_RUNS.with_label_values(&["ok"]).inc();
+                            metrics::PURGED_BATCHES.inc_by(r.batches as u64);
+                            if r.batches > 0 {
+                                tracing::info!(
+                                    batches = r.batches,
+                                    objects = r.objects,
+                                    "purge done"
+                                )
+                            }
                         }
-                        Ok(_) => {}
                         Err(e) => {
+                            metrics::PURGE_RUNS.with_label_values(&["error"]).inc();
                             tracing::warn!(error = %e, "purge failed; the next tick tries again")
                         }
                     }
@@ -61,9 +70,16 @@ pub async fn start(schedules: &Schedules, ctx: Ctx) -> anyhow::Result<JobSchedul
                     return;
                 }
                 match jobs::maintenance::reconcile(&ctx.db, &ctx.storage, reconcile).await {
-                    Ok(r) if r != Default::default() => tracing::info!(?r, "reconciler repaired"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "reconciler failed; the next tick tries again"),
+                    Ok(r) => {
+                        metrics::RECONCILE_RUNS.with_label_values(&["ok"]).inc();
+                        if r != Default::default() {
+                            tracing::info!(?r, "reconciler repaired");
+                        }
+                    }
+                    Err(e) => {
+                        metrics::RECONCILE_RUNS.with_label_values(&["error"]).inc();
+                        tracing::warn!(error = %e, "reconciler failed; the next tick tries again")
+                    }
                 }
             })
         })

@@ -6,6 +6,7 @@ use apalis::prelude::*;
 use futures::{StreamExt, TryStreamExt};
 use jobs::db::{self, ImageOutcome};
 use jobs::domain::keys;
+use jobs::metrics;
 use jobs::names::unique_entry_names;
 use jobs::pipeline::Format;
 use jobs::queue::{BuildArchive, ProcessImage, PAYLOAD_VERSION};
@@ -105,7 +106,11 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
         return Ok(()); // already done, failed, or its batch is gone: nothing to do
     };
     let held = Held::new(&ctx.in_hand, job.image);
+    metrics::IMAGES_IN_FLIGHT.inc();
+    let started = Instant::now();
     let result = process_started(&ctx, &job, &work).await;
+    metrics::IMAGES_IN_FLIGHT.dec();
+    metrics::IMAGE_SECONDS.observe(started.elapsed().as_secs_f64());
     held.release();
     // A slot is free: fetch the next image now rather than at the next poll.
     ctx.wake_images.signal();
@@ -126,6 +131,7 @@ async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) ->
         Ok(Outcome::Failed(reason)) => finish(ctx, job, ImageOutcome::Failed { reason }).await,
         Ok(Outcome::Lost(why)) => {
             tracing::warn!(image = %job.image, attempt = work.attempts, problem = %why, "an attempt at an image was lost");
+            metrics::IMAGE_RETRIES.with_label_values(&["lost"]).inc();
             db::note_image_error(&ctx.db, job.image, &why, false).await?;
             if work.lost_attempts() + 1 >= max_attempts {
                 let reason = format!("gave up after {max_attempts} attempts; last problem: {why}");
@@ -136,6 +142,9 @@ async fn process_started(ctx: &Ctx, job: &ProcessImage, work: &db::ImageWork) ->
         Err(transient) => {
             let message = transient.to_string();
             tracing::warn!(image = %job.image, attempt = work.attempts, error = %message, "image will be retried");
+            metrics::IMAGE_RETRIES
+                .with_label_values(&["transient"])
+                .inc();
             db::note_image_error(&ctx.db, job.image, &message, true).await?;
             Err(transient)
         }
@@ -207,7 +216,15 @@ async fn run_pipeline(
 
 async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResult {
     let image = job.image;
-    match db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await? {
+    let finished = db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await?;
+    if matches!(finished, db::Finished::Counted | db::Finished::Completed(_)) {
+        let label = match outcome {
+            ImageOutcome::Done(_) => "done",
+            ImageOutcome::Failed { .. } => "failed",
+        };
+        metrics::IMAGES_FINISHED.with_label_values(&[label]).inc();
+    }
+    match finished {
         db::Finished::Completed(batch) => {
             // The last image of the batch: its archive job goes out now. Should that fail, the
             // batch waits in Postgres and the next dispatch sends it.
@@ -259,6 +276,7 @@ async fn write_archive(
 pub async fn build_archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
     let batch = job.batch;
     archive(job, ctx).await.inspect_err(|e| {
+        metrics::ARCHIVES.with_label_values(&["retried"]).inc();
         tracing::warn!(%batch, error = %e, "building the archive failed; it will be retried");
     })
 }
@@ -299,7 +317,9 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
         .collect();
     let ttl = ctx.settings.result_ttl();
     if done.is_empty() {
-        db::mark_failed(&ctx.db, batch, "none of the files could be processed", ttl).await?;
+        if db::mark_failed(&ctx.db, batch, "none of the files could be processed", ttl).await? {
+            metrics::ARCHIVES.with_label_values(&["failed"]).inc();
+        }
         tracing::info!(%batch, "batch failed: no file could be processed");
         return Ok(());
     }
@@ -331,6 +351,8 @@ async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
         }
     };
     if db::mark_archived(&ctx.db, batch, bytes as i64, ttl).await? {
+        metrics::ARCHIVES.with_label_values(&["done"]).inc();
+        metrics::ARCHIVE_SECONDS.observe(started.elapsed().as_secs_f64());
         tracing::info!(%batch, images = done.len(), failed = failures.len(), bytes,
             ms = started.elapsed().as_millis() as u64, "batch archived");
     }

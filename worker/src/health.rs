@@ -1,7 +1,7 @@
 //! The worker's health endpoint (`HEALTH_PORT`): `GET /healthz` answers while the process
 //! runs, with its name and the images in hand; `GET /readyz` answers 200 when Postgres, Redis
-//! and S3 all answer, and 503 naming the ones that do not. Compose uses `/readyz` as the
-//! worker's health check.
+//! and S3 all answer, and 503 naming the ones that do not (compose uses it as the worker's
+//! health check); `GET /metrics` gives the worker's Prometheus metrics.
 
 use std::net::SocketAddr;
 
@@ -30,6 +30,7 @@ pub async fn serve(ctx: Ctx, concurrency: usize, addr: SocketAddr) -> anyhow::Re
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(Health { ctx, concurrency });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -46,6 +47,18 @@ async fn healthz(State(health): State<Health>) -> Json<serde_json::Value> {
         "concurrency": health.concurrency,
         "images_in_hand": health.ctx.in_hand.ids().len(),
     }))
+}
+
+/// `GET /metrics`: this worker's metrics, in Prometheus's text format.
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            jobs::metrics::CONTENT_TYPE,
+        )],
+        jobs::metrics::render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(health): State<Health>) -> Response {

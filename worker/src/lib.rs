@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod dispatcher;
 pub mod handlers;
 pub mod health;
+pub mod heartbeat;
 pub mod isolate;
 
 pub use ctx::Ctx;
@@ -96,14 +97,18 @@ impl Cli {
         self.name
             .clone()
             .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .or_else(|| std::env::var("HOSTNAME").ok())
-                    .unwrap_or_else(|| "host".into());
-                format!("{}-{}", host.trim(), std::process::id())
-            })
+            .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()))
     }
+}
+
+/// This host's name, as the monitor shows it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
 }
 
 /// Connects to Postgres, Redis and S3 (waiting for them), and runs the job handlers, the
@@ -139,6 +144,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
+    jobs::metrics::touch_all();
+    let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), host_name(), concurrency));
     if let Some(port) = cli.health_port {
         let addr = std::net::SocketAddr::new(cli.health_host, port);
         health::serve(ctx.clone(), concurrency, addr).await?;
@@ -184,10 +191,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     .await;
     dispatcher.abort();
     listener.abort();
+    heartbeat.abort();
     // Images still in hand after the grace period go back to the queue at once, rather than
     // waiting for Redis to notice that this worker is gone.
     ctx.hand_back_unfinished().await;
     cron::stop(scheduler).await;
+    heartbeat::stopped(&ctx).await;
     tracing::info!(worker = %name, "worker stopped");
     result
 }
