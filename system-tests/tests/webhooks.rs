@@ -269,9 +269,11 @@ fn hooked(options: Options) -> Options {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_batch_is_posted_signed_and_retried_after_a_500() {
     let receiver = Receiver::start(|n| Answer::Status(if n == 1 { 500 } else { 200 })).await;
+    // Two workers, both looking for due deliveries every second: each attempt has one sender.
     let sys = System::start(
         "webhooks-retry",
-        hooked(Options::default()).env("WEBHOOK_BACKOFF_SECONDS", "1"),
+        hooked(Options::default().workers(&["worker-a", "worker-b"]))
+            .env("WEBHOOK_BACKOFF_SECONDS", "1"),
     )
     .await
     .expect("system starts");
@@ -340,17 +342,20 @@ async fn a_finished_batch_is_posted_signed_and_retried_after_a_500() {
         ("delivered", 2, true)
     );
     assert_eq!(last_error, None);
+    assert_eq!(receiver.requests().len(), 2, "one request per attempt");
     let events = wait_events(&sys, &id, 2, Duration::from_secs(10)).await;
     let kinds: Vec<(&str, i32)> = events.iter().map(|e| (e.0.as_str(), e.1)).collect();
     assert_eq!(kinds, [("webhook.failed", 1), ("webhook.delivered", 2)]);
     assert!(events[0].3.contains("HTTP 500"), "{events:?}");
     assert!(events[1].3.contains("HTTP 200"), "{events:?}");
-    assert!(events.iter().all(|e| e.2.as_deref() == Some("worker-a")));
+    assert!(events
+        .iter()
+        .all(|e| matches!(e.2.as_deref(), Some("worker-a" | "worker-b"))));
     // Neither the URL's token nor the secret is in a log or an event.
     for e in &events {
         assert!(!e.3.contains("t0k3n"), "{e:?}");
     }
-    for log in ["web.log", "worker-a.log"] {
+    for log in ["web.log", "worker-a.log", "worker-b.log"] {
         let text = std::fs::read_to_string(sys.logs().join(log)).expect("the log");
         assert!(!text.contains("t0k3n"), "{log} holds the callback's token");
         assert!(!text.contains(SECRET), "{log} holds the webhook secret");
