@@ -118,6 +118,32 @@ pub struct Settings {
     #[arg(long, env = "MONITOR_TOKEN", hide_env_values = true, value_parser = secret)]
     pub monitor_token: Option<SecretString>,
 
+    /// Secret that signs every webhook (`X-Watermark-Signature`, HMAC-SHA256), 16 characters
+    /// or more (`openssl rand -hex 32`). Webhooks are off without it: a submission carrying a
+    /// `callback_url` is then refused. Give `web` and every worker the same value.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = webhook_secret)]
+    pub webhook_secret: Option<SecretString>,
+
+    /// Let callback URLs reach loopback, private, link-local and other non-public addresses
+    /// (a receiver on your own network, or tests). Off, such targets are refused at submission
+    /// and again when the name is resolved for each delivery.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private: bool,
+
+    /// Attempts at one webhook (the first included) before it is given up.
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_max_attempts: u32,
+
+    /// Seconds before the first retry of a webhook; each further retry waits twice as long as
+    /// the one before, an hour at most.
+    #[arg(long, env = "WEBHOOK_BACKOFF_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub webhook_backoff_seconds: u64,
+
+    /// Seconds one webhook attempt may take (resolving, connecting, sending, the answer's
+    /// headers) before it counts as failed.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_seconds: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -126,6 +152,13 @@ pub struct Settings {
 fn secret(s: &str) -> Result<SecretString, String> {
     if s.trim().is_empty() {
         return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(s.to_owned()))
+}
+
+fn webhook_secret(s: &str) -> Result<SecretString, String> {
+    if s.trim().chars().count() < 16 {
+        return Err("must be 16 characters or more (openssl rand -hex 32 makes one)".into());
     }
     Ok(SecretString::from(s.to_owned()))
 }
@@ -149,6 +182,18 @@ impl Settings {
 
     pub fn redis_url(&self) -> &str {
         self.redis_url.expose_secret()
+    }
+
+    /// The webhook settings, when webhooks are on (`WEBHOOK_SECRET` is set).
+    pub fn webhooks(&self) -> Option<crate::webhook::WebhookSettings> {
+        let secret = self.webhook_secret.clone()?;
+        Some(crate::webhook::WebhookSettings {
+            secret,
+            allow_private: self.webhook_allow_private,
+            max_attempts: self.webhook_max_attempts,
+            backoff: Duration::from_secs(self.webhook_backoff_seconds),
+            timeout: Duration::from_secs(self.webhook_timeout_seconds),
+        })
     }
 
     /// The limits the image pipeline enforces.
@@ -212,9 +257,14 @@ mod tests {
             "GK1",
             "--s3-secret-access-key",
             "s3cr3t",
+            "--webhook-secret",
+            "whsec-hunter3-0123456789",
         ])
         .expect("valid settings");
         let text = format!("{:?}", cli.settings);
+        assert!(!text.contains("hunter3"), "{text}");
+        let hooks = format!("{:?}", cli.settings.webhooks().expect("webhooks on"));
+        assert!(!hooks.contains("hunter3"), "{hooks}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("pw-redis"), "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
@@ -246,6 +296,31 @@ mod tests {
             .err()
             .expect("quality 300 is refused");
         assert!(err.to_string().contains("jpeg-quality"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_are_off_without_a_secret_and_a_short_one_is_refused() {
+        let off = Cli::try_parse_from(required_and(&[])).expect("valid settings");
+        assert!(off.settings.webhooks().is_none());
+        let err = Cli::try_parse_from(required_and(&["--webhook-secret", "short"]))
+            .err()
+            .expect("a short secret is refused");
+        assert!(err.to_string().contains("webhook-secret"), "{err}");
+        assert!(err.to_string().contains("16 characters"), "{err}");
+        let on = Cli::try_parse_from(required_and(&[
+            "--webhook-secret",
+            "0123456789abcdef",
+            "--webhook-allow-private",
+            "1",
+            "--webhook-backoff-seconds",
+            "2",
+        ]))
+        .expect("valid settings");
+        let hooks = on.settings.webhooks().expect("webhooks on");
+        assert!(hooks.allow_private);
+        assert_eq!(hooks.max_attempts, 8);
+        assert_eq!(hooks.backoff, Duration::from_secs(2));
+        assert_eq!(hooks.timeout, Duration::from_secs(10));
     }
 
     #[test]

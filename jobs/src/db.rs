@@ -134,10 +134,16 @@ pub async fn add_images(
 /// Ends the upload of a batch whose images were recorded one by one: `uploading -> queued`, or
 /// `processing` when some are finished already, or `archiving` when all are. The fan-in stays
 /// exact: [`finish_image`] completes only batches past `uploading`, and this completes the
-/// batch when every image finished before the upload did.
-pub async fn finish_upload(db: &Db, batch: BatchId, total: usize) -> Result<Recorded, sqlx::Error> {
+/// batch when every image finished before the upload did. `callback_url` (checked) is where the
+/// batch's status is POSTed when it ends (`jobs::webhook`).
+pub async fn finish_upload(
+    db: &Db,
+    batch: BatchId,
+    total: usize,
+    callback_url: Option<&str>,
+) -> Result<Recorded, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar(
-        "UPDATE batches SET updated_at = now(),
+        "UPDATE batches SET updated_at = now(), callback_url = $3,
                 status = CASE WHEN done_count + failed_count = total THEN 'archiving'
                               WHEN done_count + failed_count > 0 THEN 'processing'
                               ELSE 'queued' END
@@ -146,6 +152,7 @@ pub async fn finish_upload(db: &Db, batch: BatchId, total: usize) -> Result<Reco
     )
     .bind(batch)
     .bind(total as i32)
+    .bind(callback_url)
     .fetch_optional(db)
     .await?;
     let status: BatchStatus = status
@@ -205,12 +212,14 @@ pub struct Recorded {
 }
 
 /// Records every file of the upload and moves the batch `uploading -> queued` (or straight to
-/// `archiving` when every file was refused), in one transaction.
+/// `archiving` when every file was refused), in one transaction. `callback_url` as for
+/// [`finish_upload`].
 pub async fn record_upload(
     db: &Db,
     batch: BatchId,
     pipeline: &serde_json::Value,
     images: &[NewImage],
+    callback_url: Option<&str>,
 ) -> Result<Recorded, sqlx::Error> {
     let mut tx = db.begin().await?;
     let failed = images.iter().filter(|i| i.rejected.is_some()).count() as i32;
@@ -223,7 +232,7 @@ pub async fn record_upload(
     };
     let updated = sqlx::query(
         "UPDATE batches SET status = $2, pipeline = $3, total = $4, failed_count = $5,
-                            queued_at = now(), updated_at = now()
+                            callback_url = $6, queued_at = now(), updated_at = now()
          WHERE id = $1 AND status = 'uploading'",
     )
     .bind(batch)
@@ -231,6 +240,7 @@ pub async fn record_upload(
     .bind(pipeline)
     .bind(total)
     .bind(failed)
+    .bind(callback_url)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() != 1 {

@@ -27,6 +27,7 @@ pub mod telemetry;
 mod testing;
 pub mod view;
 pub mod wake;
+pub mod webhook;
 
 pub use config::Settings;
 pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus};

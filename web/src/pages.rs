@@ -86,6 +86,8 @@ struct IndexPage {
     max_logo: String,
     accepted: &'static str,
     error: Option<String>,
+    /// Webhooks are on (`WEBHOOK_SECRET`): the form offers a `callback_url`.
+    webhooks: bool,
 }
 
 struct TaskForm {
@@ -187,6 +189,7 @@ fn index_page(state: &AppState, error: Option<String>) -> IndexPage {
         max_logo: human_bytes(jobs::pipeline::MAX_LOGO_BYTES as u64),
         accepted: jobs::pipeline::ACCEPTED,
         error,
+        webhooks: state.settings.webhook_secret.is_some(),
     }
 }
 

@@ -109,6 +109,8 @@ struct Choices {
     form_params: Vec<(String, String)>,
     /// A logo file was sent (and stored).
     logo: bool,
+    /// Where the batch's status is POSTed when it ends (checked as it arrived).
+    callback_url: Option<String>,
 }
 
 pub async fn receive(
@@ -279,6 +281,10 @@ async fn receive_into(
                 choices.logo = true;
             }
             "pipeline" => choices.pipeline_json = Some(text(field, &mut budget).await?),
+            "callback_url" => {
+                let url = text(field, &mut budget).await?;
+                choices.callback_url = callback_url(settings, &url)?;
+            }
             "form" => {
                 choices.from_form = true;
                 text(field, &mut budget).await?;
@@ -303,10 +309,17 @@ async fn receive_into(
     let streamed = recorder.is_some();
     let recorded = if let Some(recorder) = recorder {
         recorder.finish().await?;
-        db::finish_upload(&state.db, batch, files.len()).await?
+        db::finish_upload(
+            &state.db,
+            batch,
+            files.len(),
+            choices.callback_url.as_deref(),
+        )
+        .await?
     } else {
         let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
-        db::record_upload(&state.db, batch, &pipeline, &files).await?
+        let callback = choices.callback_url.as_deref();
+        db::record_upload(&state.db, batch, &pipeline, &files, callback).await?
     };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
     // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
@@ -449,6 +462,23 @@ impl Choices {
         }
         Pipeline::parse(&Value::Array(steps)).map_err(bad)
     }
+}
+
+/// The `callback_url` field: empty means none (the form's field, left blank); otherwise it must
+/// pass [`jobs::webhook::check_callback_url`], and webhooks must be on (`WEBHOOK_SECRET`).
+fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let Some(webhooks) = settings.webhooks() else {
+        return Err(AppError::BadRequest(
+            "callback_url was given, but this server does not send webhooks (its operator has              not set WEBHOOK_SECRET); submit without it and follow status_url instead"
+                .into(),
+        ));
+    };
+    jobs::webhook::check_callback_url(value, webhooks.allow_private)
+        .map(|url| Some(url.into()))
+        .map_err(AppError::BadRequest)
 }
 
 /// Streams one file to storage. A file that is empty, too large or not an image is recorded as

@@ -1,6 +1,7 @@
-//! The worker: runs `ProcessImage` and `BuildArchive` jobs from Redis, and the purge and
-//! reconciler cron jobs. Start as many as you like, on any host; they share the work. `main.rs`
-//! parses the settings and calls [`run`] (or [`apply::main`], or an image child's loop).
+//! The worker: runs `ProcessImage` and `BuildArchive` jobs from Redis, the purge and
+//! reconciler cron jobs, and sends webhooks. Start as many as you like, on any host; they share
+//! the work. `main.rs` parses the settings and calls [`run`] (or [`apply::main`], or an image
+//! child's loop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub mod handlers;
 pub mod health;
 pub mod heartbeat;
 pub mod isolate;
+pub mod webhooks;
 
 pub use ctx::Ctx;
 
@@ -112,8 +114,9 @@ fn host_name() -> String {
 }
 
 /// Connects to Postgres, Redis and S3 (waiting for them), and runs the job handlers, the
-/// dispatcher, the crons and (with `HEALTH_PORT`) the health endpoint until SIGTERM or Ctrl-C,
-/// then finishes or hands back the images in hand.
+/// dispatcher, the crons, the webhooks (with `WEBHOOK_SECRET`) and (with `HEALTH_PORT`) the
+/// health endpoint until SIGTERM or Ctrl-C, then finishes or hands back the images in hand and
+/// the webhooks in flight.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(cli.settings.clone());
     let name = cli.worker_name();
@@ -177,21 +180,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         reconcile_after: Duration::from_secs(cli.reconcile_after_seconds),
     };
     let scheduler = cron::start(&schedules, ctx.clone()).await?;
+    // Told to stop with the rest, the webhook loop claims no more and finishes the attempts in
+    // flight (within WEBHOOK_TIMEOUT_SECONDS) while the jobs in hand finish.
+    let stop_webhooks = Arc::new(tokio::sync::Notify::new());
+    let webhooks = match settings.webhooks() {
+        Some(hooks) => {
+            let stop = stop_webhooks.clone();
+            Some(tokio::spawn(webhooks::run(
+                ctx.clone(),
+                hooks,
+                async move {
+                    stop.notified().await;
+                },
+            )))
+        }
+        None => {
+            tracing::info!("webhooks are off (WEBHOOK_SECRET is not set)");
+            None
+        }
+    };
     let result = handlers::run_monitor(
         ctx.clone(),
         &name,
         concurrency,
         poll,
         Duration::from_secs(cli.shutdown_grace_seconds),
-        async {
-            jobs::signals::shutdown_signal().await;
-            tracing::info!("stop requested: finishing the jobs in hand");
+        {
+            let stop = stop_webhooks.clone();
+            async move {
+                jobs::signals::shutdown_signal().await;
+                tracing::info!("stop requested: finishing the jobs in hand");
+                stop.notify_one();
+            }
         },
     )
     .await;
     dispatcher.abort();
     listener.abort();
     heartbeat.abort();
+    stop_webhooks.notify_one();
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     // Images still in hand after the grace period go back to the queue at once, rather than
     // waiting for Redis to notice that this worker is gone.
     ctx.hand_back_unfinished().await;
