@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 pub mod api;
+pub mod choices;
 pub mod error;
 pub mod format;
 pub mod pace;

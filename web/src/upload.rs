@@ -6,16 +6,14 @@
 
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use axum::http::{header, HeaderMap};
-use serde_json::{Map, Value};
-
 use jobs::db::{self, NewImage};
 use jobs::domain::keys;
 use jobs::names::display_name;
 use jobs::pipeline::{Format, ACCEPTED};
 use jobs::storage::Upload;
-use jobs::tasks::{self, Pipeline};
 use jobs::{BatchId, ImageId};
 
+use crate::choices::Choices;
 use crate::error::AppError;
 use crate::format::{capitalise, human_bytes};
 use crate::state::AppState;
@@ -98,17 +96,6 @@ impl Budget {
 pub struct Received {
     pub batch: BatchId,
     pub status: jobs::BatchStatus,
-}
-
-/// Everything a submission carries besides its files.
-#[derive(Default)]
-struct Choices {
-    pipeline_json: Option<String>,
-    from_form: bool,
-    form_tasks: Vec<String>,
-    form_params: Vec<(String, String)>,
-    /// A logo file was sent (and stored).
-    logo: bool,
 }
 
 pub async fn receive(
@@ -208,9 +195,7 @@ async fn receive_into(
 
     while let Some(field) = multipart.next_field().await.map_err(bad_body)? {
         let name = field.name().unwrap_or_default().to_owned();
-        let is_choice =
-            matches!(name.as_str(), "logo" | "pipeline" | "form" | "task") || name.contains('.');
-        if recorder.is_some() && is_choice {
+        if recorder.is_some() && Choices::is_choice(&name) {
             return Err(AppError::BadRequest(format!(
                 "the field {name:?} came after the files, but the choices that came before them \
                  were already being applied: send every choice (and the logo) before the files, \
@@ -268,18 +253,9 @@ async fn receive_into(
                     .await?;
                 choices.logo = true;
             }
-            "pipeline" => choices.pipeline_json = Some(text(field, &mut budget).await?),
-            "form" => {
-                choices.from_form = true;
-                text(field, &mut budget).await?;
-            }
-            "task" => {
-                let t = text(field, &mut budget).await?;
-                choices.form_tasks.push(t);
-            }
-            other if other.contains('.') => {
+            other if Choices::is_text(other) => {
                 let value = text(field, &mut budget).await?;
-                choices.form_params.push((other.to_owned(), value));
+                choices.set(&name, value);
             }
             _ => drain(field, &mut budget).await?,
         }
@@ -295,7 +271,7 @@ async fn receive_into(
         recorder.finish().await?;
         db::finish_upload(&state.db, batch, files.len()).await?
     } else {
-        let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
+        let pipeline = choices.resolve()?.to_json();
         db::record_upload(&state.db, batch, &pipeline, &files).await?
     };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
@@ -380,64 +356,6 @@ impl Recorder {
             .await
             .map_err(|e| AppError::Internal(e.into()))?
             .map_err(AppError::from)
-    }
-}
-
-impl Choices {
-    /// The stored form of the pipeline when the choices received so far settle it: a `pipeline`
-    /// field or the form's marker came, and what came makes a valid pipeline. Otherwise the
-    /// choices are read at the end of the body, as they always were (and their errors told then).
-    fn settled(&self) -> Option<Value> {
-        if self.pipeline_json.is_none() && !self.from_form {
-            return None;
-        }
-        let pipeline = self.pipeline().ok()?;
-        Some(self.with_logo(pipeline).ok()?.to_json())
-    }
-
-    /// See [`Pipeline::with_logo`].
-    fn with_logo(&self, pipeline: Pipeline) -> Result<Pipeline, AppError> {
-        pipeline.with_logo(self.logo).map_err(AppError::BadRequest)
-    }
-
-    /// The pipeline: the `pipeline` JSON field, else the form's choices, else the default.
-    fn pipeline(&self) -> Result<Pipeline, AppError> {
-        let bad = |e: String| AppError::BadRequest(format!("invalid pipeline: {e}"));
-        if let Some(json) = &self.pipeline_json {
-            if !json.trim().is_empty() {
-                let value: Value =
-                    serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-                return Pipeline::parse(&value).map_err(bad);
-            }
-        }
-        if !self.from_form {
-            return Ok(tasks::default_pipeline());
-        }
-        if self.form_tasks.is_empty() {
-            return Err(AppError::BadRequest(
-                "choose at least one kind of processing".into(),
-            ));
-        }
-        let mut steps = Vec::new();
-        for name in &self.form_tasks {
-            let task = tasks::find(name).ok_or_else(|| bad(format!("unknown task {name:?}")))?;
-            let mut step = Map::new();
-            step.insert("task".into(), Value::String(name.clone()));
-            for spec in task.params() {
-                let key = format!("{name}.{}", spec.name);
-                let value = match self.form_params.iter().find(|(k, _)| *k == key) {
-                    Some((_, text)) => tasks::form_value(spec, text),
-                    // An unticked checkbox sends nothing.
-                    None if matches!(spec.kind, tasks::ParamKind::Bool { .. }) => {
-                        Value::Bool(false)
-                    }
-                    None => Value::Null,
-                };
-                step.insert(spec.name.into(), value);
-            }
-            steps.push(Value::Object(step));
-        }
-        Pipeline::parse(&Value::Array(steps)).map_err(bad)
     }
 }
 
