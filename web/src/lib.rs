@@ -10,8 +10,10 @@ pub mod api;
 pub mod choices;
 pub mod error;
 pub mod format;
+pub mod live;
 pub mod pace;
 pub mod pages;
+pub mod preview;
 pub mod routes;
 pub mod state;
 pub mod upload;
@@ -57,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot create the S3 bucket (S3_BUCKET)")?;
     }
     tokio::spawn(state.clone().report_uploads());
+    let live = state.live.clone();
     let router = router(state);
     let addr = SocketAddr::new(cli.host, cli.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -66,11 +69,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // On stdout, for scripts and tests that wait for it.
     println!("web listening on http://{local}");
     tracing::info!(%local, "web listening");
+    // On the stop signal the live streams end too, or the server would wait for them.
+    let shutdown = async move {
+        jobs::signals::shutdown_signal().await;
+        live.close();
+    };
     serve(
         listener,
         router,
         std::time::Duration::from_secs(cli.header_read_timeout_seconds),
-        jobs::signals::shutdown_signal(),
+        shutdown,
     )
     .await;
     tracing::info!("web stopped");
