@@ -170,12 +170,11 @@ impl Browser {
     ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
-            let last;
-            match self.js(script).await {
+            let last = match self.js(script).await {
                 Ok(v) if truthy(&v) => return Ok(v),
-                Ok(v) => last = v,
-                Err(e) => last = json!(format!("error: {e}")),
-            }
+                Ok(v) => v,
+                Err(e) => json!(format!("error: {e}")),
+            };
             if started.elapsed() > limit {
                 let url = self
                     .client
@@ -194,6 +193,19 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Runs `script` in every page from now on, before the page's own scripts (Chrome's
+    /// `Page.addScriptToEvaluateOnNewDocument`): to take a feature away from the page, say.
+    pub async fn before_each_page(&self, script: &str) -> anyhow::Result<()> {
+        self.client
+            .issue_cmd(Cdp {
+                cmd: "Page.addScriptToEvaluateOnNewDocument",
+                params: json!({ "source": script }),
+            })
+            .await
+            .context("chromedriver's CDP command")?;
+        Ok(())
     }
 
     /// The element with id `id`.
@@ -246,6 +258,31 @@ fn truthy(v: &Value) -> bool {
         Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
         Value::String(s) => !s.is_empty(),
         Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// A Chrome DevTools command, through chromedriver's `goog/cdp/execute`.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
     }
 }
 

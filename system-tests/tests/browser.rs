@@ -65,12 +65,14 @@ async fn a_person_uploads_in_a_browser_and_follows_the_batch_live() {
         .await
         .expect("the system starts");
     let chosen = write_files(&system.logs().join("files")).expect("the files are written");
-    for (pass, viewport, worker) in [
-        ("desktop", DESKTOP, "worker-a"),
-        ("phone", PHONE, "worker-b"),
+    // The third pass takes EventSource away from the page: it must follow the batch by polling.
+    for (pass, viewport, worker, live) in [
+        ("desktop", DESKTOP, "worker-a", Live::Stream),
+        ("phone", PHONE, "worker-b", Live::Stream),
+        ("no-eventsource", DESKTOP, "worker-c", Live::Polling),
     ] {
         let logs = system.logs().join(pass);
-        let result = one_pass(&mut system, pass, viewport, worker, &chosen, &logs).await;
+        let result = one_pass(&mut system, pass, viewport, worker, live, &chosen, &logs).await;
         if let Err(e) = result {
             panic!(
                 "{pass} pass: {e:#}\n(screenshots in {}, services' logs in {})",
@@ -84,15 +86,40 @@ async fn a_person_uploads_in_a_browser_and_follows_the_batch_live() {
     system.shutdown().await;
 }
 
+/// How the waiting page is to follow the batch.
+#[derive(Debug, Clone, Copy)]
+enum Live {
+    /// Server-Sent Events (`data-live="sse"`).
+    Stream,
+    /// The browser has no EventSource: polling (`data-live="poll"`).
+    Polling,
+}
+
+impl Live {
+    fn mode(self) -> &'static str {
+        match self {
+            Live::Stream => "sse",
+            Live::Polling => "poll",
+        }
+    }
+}
+
 async fn one_pass(
     system: &mut System,
     pass: &str,
     viewport: Viewport,
     worker: &str,
+    live: Live,
     chosen: &Chosen,
     logs: &Path,
 ) -> anyhow::Result<()> {
     let mut browser = Browser::start(viewport, logs).await?;
+    if matches!(live, Live::Polling) {
+        browser
+            .before_each_page("delete window.EventSource;")
+            .await?;
+    }
+    let mode = live.mode();
     browser.client.goto(&system.url("/")).await?;
     let width = browser.js("return window.innerWidth").await?;
     ensure!(
@@ -255,11 +282,13 @@ async fn one_pass(
     // Waiting, followed live; then a worker starts and the page moves without a reload.
     let waiting = browser
         .wait_for(
-            "the page waiting for a worker, on the live stream",
+            &format!("the page waiting for a worker, following the batch by {mode}"),
             WAIT,
-            "const s = document.getElementById('batch');
-             return s.dataset.live === 'sse' && s.dataset.status === 'queued'
-               ? document.getElementById('status').textContent : null;",
+            &format!(
+                "const s = document.getElementById('batch');
+                 return s.dataset.live === '{mode}' && s.dataset.status === 'queued'
+                   ? document.getElementById('status').textContent : null;"
+            ),
         )
         .await?;
     ensure!(
@@ -286,7 +315,7 @@ async fn one_pass(
     system.start_worker(worker)?;
     let done = browser
         .wait_for(
-            "the download link, on the same page and the live stream",
+            "the download link, on the same page",
             WAIT * 2,
             "const s = document.getElementById('batch');
              const ready = !document.getElementById('ready').hidden;
@@ -300,8 +329,8 @@ async fn one_pass(
         .await?;
     ensure!(done["marker"] == true, "the page was reloaded: {done}");
     ensure!(
-        done["live"] == "sse",
-        "the page left the live stream: {done}"
+        done["live"] == mode,
+        "the page did not follow the batch by {mode}: {done}"
     );
     ensure!(
         done["count"] == "4 of 4" && done["progress"] == 4.0,
