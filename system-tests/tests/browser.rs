@@ -46,6 +46,8 @@ fn write_files(dir: &Path) -> anyhow::Result<Chosen> {
     let mut broken = vec![0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10];
     broken.extend(b"JFIF\0 but the rest of this file is not a picture at all".repeat(40));
     std::fs::write(dir.join("broken.jpg"), broken)?;
+    // One image too many for the limit the test sets (MAX_FILES_PER_BATCH=4).
+    std::fs::write(dir.join("extra.jpg"), images::photo_jpeg(400, 300, 9))?;
     // Not an image: the browser leaves it out and says why.
     std::fs::write(dir.join("notes.txt"), "shopping: bread, milk\n")?;
     Ok(Chosen {
@@ -61,9 +63,14 @@ async fn a_person_uploads_in_a_browser_and_follows_the_batch_live() {
         panic!("{e:#}");
     }
     // No worker yet: the waiting page must be seen waiting, then moving when one starts.
-    let mut system = System::start("browser", Options::default().workers(&[]))
-        .await
-        .expect("the system starts");
+    let mut system = System::start(
+        "browser",
+        Options::default()
+            .workers(&[])
+            .env("MAX_FILES_PER_BATCH", 4),
+    )
+    .await
+    .expect("the system starts");
     let chosen = write_files(&system.logs().join("files")).expect("the files are written");
     // The third pass takes EventSource away from the page: it must follow the batch by polling.
     for (pass, viewport, worker, live) in [
@@ -149,6 +156,66 @@ async fn one_pass(
     fits(&browser, "the form").await?;
     browser.screenshot("form").await?;
 
+    // Too many files: the upload is blocked, saying why.
+    let too_many: Vec<String> = [
+        "harbour.jpg",
+        "street.png",
+        "broken.jpg",
+        "forest.jpg",
+        "notes.txt",
+        "extra.jpg",
+    ]
+    .iter()
+    .map(|n| chosen.dir.join(n).display().to_string())
+    .collect();
+    browser
+        .by_id("files")
+        .await?
+        .send_keys(&too_many.join("\n"))
+        .await?;
+    let blocked = browser
+        .wait_for(
+            "the block for too many files",
+            WAIT,
+            "const a = document.getElementById('form-alert'); return a.hidden ? null : a.textContent;",
+        )
+        .await?;
+    ensure!(
+        blocked
+            .as_str()
+            .is_some_and(|t| t.contains("Too many files: 5 chosen") && t.contains("at most 4")),
+        "the block: {blocked}"
+    );
+    browser
+        .js("document.getElementById('form-alert').textContent = ''; return true;")
+        .await?;
+    browser.by_id("submit").await?.click().await?;
+    let again = browser
+        .wait_for(
+            "the block, told again on submit",
+            WAIT,
+            "return document.getElementById('form-alert').textContent;",
+        )
+        .await?;
+    let state = browser
+        .js("return { path: location.pathname,
+                      uploading: !document.getElementById('upload-progress').hidden };")
+        .await?;
+    ensure!(
+        again == blocked && state["path"] == "/" && state["uploading"] == false,
+        "the upload was not blocked: {again}, {state}"
+    );
+    // The preview drawn on that choice, before the next.
+    let first = preview_after(
+        &mut browser,
+        count(&sample),
+        "the preview of the first choice",
+    )
+    .await?;
+    browser
+        .js("document.getElementById('files').value = ''; return true;")
+        .await?;
+
     // Choosing files: the text file is left out with its reason; the preview moves to a small
     // copy of the first image.
     let paths: Vec<String> = [
@@ -190,7 +257,7 @@ async fn one_pass(
     );
     let own = preview_after(
         &mut browser,
-        count(&sample),
+        count(&first),
         "the preview of the first image",
     )
     .await?;
@@ -231,6 +298,52 @@ async fn one_pass(
         "the preview did not change: {stronger}"
     );
     browser.screenshot("preview").await?;
+
+    // A refused upload (no processing ticked: the server says so) is told in the page, and the
+    // choices and files stay as they were.
+    let task = browser
+        .client
+        .find(fantoccini::Locator::Css(
+            "input[name=task][value=watermark]",
+        ))
+        .await?;
+    // In the middle of the window: at a phone's size the preview stays at the top.
+    let center = "document.querySelector('input[name=task][value=watermark]')
+                    .scrollIntoView({ block: 'center' }); return true;";
+    browser.js(center).await?;
+    task.click().await?;
+    browser.by_id("submit").await?.click().await?;
+    let refused = browser
+        .wait_for(
+            "the server's refusal shown on the form",
+            WAIT,
+            "const alert = document.getElementById('form-alert');
+             return !alert.hidden && alert.getAttribute('role') === 'alert'
+               && !document.getElementById('submit').disabled ? alert.textContent : null;",
+        )
+        .await?;
+    ensure!(
+        refused
+            .as_str()
+            .is_some_and(|t| t.contains("choose at least one kind of processing")),
+        "the refusal: {refused}"
+    );
+    let kept = browser
+        .js("return { path: location.pathname,
+                      position: document.getElementById('watermark-position').value,
+                      opacity: document.getElementById('watermark-opacity').value,
+                      files: document.getElementById('files').files.length };")
+        .await?;
+    ensure!(
+        kept["path"] == "/"
+            && kept["position"] == "bottom-right"
+            && kept["opacity"] == "0.9"
+            && kept["files"] == 5,
+        "the choices were not kept: {kept}"
+    );
+    browser.screenshot("refused").await?;
+    browser.js(center).await?;
+    task.click().await?;
 
     // The upload, with its progress recorded as it is shown (the page is left at the end).
     browser

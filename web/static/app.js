@@ -251,6 +251,11 @@ function upload(data, total, button) {
   const bar = $("upload-bar");
   const percent = $("upload-percent");
   const text = $("upload-text");
+  // From zero: an earlier attempt may have left its figures.
+  bar.value = 0;
+  bar.textContent = "0 %";
+  percent.textContent = "0 %";
+  text.textContent = "";
   box.hidden = false;
   button.disabled = true;
   button.textContent = "Uploading…";

@@ -460,7 +460,9 @@ async fn preview(args: &[String]) -> anyhow::Result<()> {
         "{:<44} {:>9} {:>9} {:>9} {:>14} {:>14}",
         "case", "p50 ms", "p95 ms", "max ms", "server p50 ms", "server p95 ms"
     );
-    let cases: [(&str, Option<(&str, &[u8])>, bool); 4] = [
+    // (label, the image sent with its type, whether the settings change every request)
+    type Case<'a> = (&'a str, Option<(&'a str, &'a [u8])>, bool);
+    let cases: [Case; 4] = [
         ("sample photo, settings drawn before", None, false),
         ("sample photo, new settings each time", None, true),
         (
