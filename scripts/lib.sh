@@ -59,6 +59,15 @@ ensure_tools() {
   fi
 }
 
+# Installs Debian's chromium and its chromedriver when missing: the browser tests drive them
+# (headless). Distribution packages only: nothing downloads a browser build of its own.
+ensure_browser() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || [ -x /usr/lib/chromium/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || [ -x /usr/lib/chromium/chromedriver ] || missing+=(chromium-driver)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
 # Secrets of this state folder, made once.

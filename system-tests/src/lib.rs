@@ -15,6 +15,7 @@ use jobs::storage::{Connections, Storage, StorageConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 
+pub mod browser;
 pub mod checks;
 pub mod faults;
 pub mod hosts;

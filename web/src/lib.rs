@@ -9,11 +9,14 @@ use clap::Parser;
 pub mod access;
 pub mod api;
 pub mod chart;
+pub mod choices;
 pub mod error;
 pub mod format;
+pub mod live;
 pub mod monitor;
 pub mod pace;
 pub mod pages;
+pub mod preview;
 pub mod routes;
 pub mod state;
 pub mod upload;
@@ -60,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot create the S3 bucket (S3_BUCKET)")?;
     }
     tokio::spawn(state.clone().report_uploads());
+    let live = state.live.clone();
     let router = router(state);
     let addr = SocketAddr::new(cli.host, cli.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -69,11 +73,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // On stdout, for scripts and tests that wait for it.
     println!("web listening on http://{local}");
     tracing::info!(%local, "web listening");
+    // On the stop signal the live streams end too, or the server would wait for them.
+    let shutdown = async move {
+        jobs::signals::shutdown_signal().await;
+        live.close();
+    };
     serve(
         listener,
         router,
         std::time::Duration::from_secs(cli.header_read_timeout_seconds),
-        jobs::signals::shutdown_signal(),
+        shutdown,
     )
     .await;
     tracing::info!("web stopped");

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 
+use jobs::pipeline::Format;
 use jobs::tasks::{ParamKind, REGISTRY};
 use jobs::BatchStatus;
 
@@ -84,10 +85,26 @@ struct IndexPage {
     max_file: String,
     max_batch: String,
     max_logo: String,
+    max_file_bytes: u64,
+    max_batch_bytes: u64,
+    max_logo_bytes: usize,
     accepted: &'static str,
+    /// The file inputs' `accept`: the types we read, as MIME types and extensions.
+    accept: String,
     error: Option<String>,
     /// Webhooks are on (`WEBHOOK_SECRET`): the form offers a `callback_url`.
     webhooks: bool,
+}
+
+/// The `accept` of the file inputs: every type we read ([`Format::ALL`]) as its MIME type and
+/// its extensions, so that the file chooser offers those only.
+pub fn accept_list() -> String {
+    let mimes = Format::ALL.iter().map(|f| f.mime().to_owned());
+    let exts = Format::ALL
+        .iter()
+        .flat_map(|f| f.known_exts())
+        .map(|e| format!(".{e}"));
+    mimes.chain(exts).collect::<Vec<_>>().join(",")
 }
 
 struct TaskForm {
@@ -187,7 +204,11 @@ fn index_page(state: &AppState, error: Option<String>) -> IndexPage {
         max_file: human_bytes(state.settings.max_file_bytes),
         max_batch: human_bytes(state.settings.max_batch_bytes),
         max_logo: human_bytes(jobs::pipeline::MAX_LOGO_BYTES as u64),
+        max_file_bytes: state.settings.max_file_bytes,
+        max_batch_bytes: state.settings.max_batch_bytes,
+        max_logo_bytes: jobs::pipeline::MAX_LOGO_BYTES,
         accepted: jobs::pipeline::ACCEPTED,
+        accept: accept_list(),
         error,
         webhooks: state.settings.webhook_secret.is_some(),
     }

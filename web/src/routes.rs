@@ -11,7 +11,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{access, api, monitor, pages};
+use crate::{access, api, live, monitor, pages, preview};
 
 pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
@@ -27,6 +27,8 @@ pub fn router(state: AppState) -> Router {
         .route("/batches/{id}/download", get(pages::download))
         .route("/static/app.js", get(pages::script))
         .route("/static/app.css", get(pages::style))
+        .route("/api/batches/{id}/stream", get(live::stream))
+        .route("/api/preview", post(preview::preview).layer(paced.clone()))
         .route("/api/batches", post(api::submit).layer(paced))
         .route("/api/batches/{id}", get(api::status))
         .route("/api/batches/{id}/events", get(api::events))
@@ -52,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+                "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; \
                  object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
             ),
         ))

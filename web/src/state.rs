@@ -29,6 +29,10 @@ pub struct AppState {
     pub dispatch: jobs::dispatch::Soon,
     /// One permit per upload received at once (`MAX_CONCURRENT_UPLOADS`).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Batch changes heard from Postgres, for the live streams.
+    pub live: crate::live::Live,
+    /// The preview's sample, turns and prepared pipelines.
+    pub previews: Arc<crate::preview::Previews>,
 }
 
 impl AppState {
@@ -42,7 +46,14 @@ impl AppState {
         let storage = Storage::new(&settings);
         let dispatch =
             jobs::dispatch::Soon::spawn(db.clone(), queues.clone(), settings.dispatch_window);
+        let live = crate::live::Live::start(db.clone());
+        let preview_settings = settings.clone();
+        let previews =
+            tokio::task::spawn_blocking(move || crate::preview::Previews::new(&preview_settings))
+                .await?;
         Ok(Self {
+            live,
+            previews: Arc::new(previews),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_uploads as usize,
             )),

@@ -6,16 +6,14 @@
 
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use axum::http::{header, HeaderMap};
-use serde_json::{Map, Value};
-
 use jobs::db::{self, NewImage};
 use jobs::domain::keys;
 use jobs::names::display_name;
 use jobs::pipeline::{Format, ACCEPTED};
 use jobs::storage::Upload;
-use jobs::tasks::{self, Pipeline};
 use jobs::{BatchId, ImageId};
 
+use crate::choices::Choices;
 use crate::error::AppError;
 use crate::format::{capitalise, human_bytes};
 use crate::state::AppState;
@@ -98,19 +96,6 @@ impl Budget {
 pub struct Received {
     pub batch: BatchId,
     pub status: jobs::BatchStatus,
-}
-
-/// Everything a submission carries besides its files.
-#[derive(Default)]
-struct Choices {
-    pipeline_json: Option<String>,
-    from_form: bool,
-    form_tasks: Vec<String>,
-    form_params: Vec<(String, String)>,
-    /// A logo file was sent (and stored).
-    logo: bool,
-    /// Where the batch's status is POSTed when it ends (checked as it arrived).
-    callback_url: Option<String>,
 }
 
 pub async fn receive(
@@ -213,6 +198,8 @@ async fn receive_into(
     let settings = &state.settings;
     let mut files: Vec<NewImage> = Vec::new();
     let mut choices = Choices::default();
+    // Where the batch's status is POSTed when it ends (checked as it arrives).
+    let mut callback: Option<String> = None;
     let mut budget = Budget::new(settings.max_batch_bytes);
     // Set when the choices came before the first file and make a valid pipeline: each image is
     // then recorded and dispatched as soon as it is stored, while the rest still arrive.
@@ -220,9 +207,7 @@ async fn receive_into(
 
     while let Some(field) = multipart.next_field().await.map_err(bad_body)? {
         let name = field.name().unwrap_or_default().to_owned();
-        let is_choice =
-            matches!(name.as_str(), "logo" | "pipeline" | "form" | "task") || name.contains('.');
-        if recorder.is_some() && is_choice {
+        if recorder.is_some() && Choices::is_choice(&name) {
             return Err(AppError::BadRequest(format!(
                 "the field {name:?} came after the files, but the choices that came before them \
                  were already being applied: send every choice (and the logo) before the files, \
@@ -280,22 +265,13 @@ async fn receive_into(
                     .await?;
                 choices.logo = true;
             }
-            "pipeline" => choices.pipeline_json = Some(text(field, &mut budget).await?),
             "callback_url" => {
                 let url = text(field, &mut budget).await?;
-                choices.callback_url = callback_url(settings, &url)?;
+                callback = callback_url(settings, &url)?;
             }
-            "form" => {
-                choices.from_form = true;
-                text(field, &mut budget).await?;
-            }
-            "task" => {
-                let t = text(field, &mut budget).await?;
-                choices.form_tasks.push(t);
-            }
-            other if other.contains('.') => {
+            other if Choices::is_text(other) => {
                 let value = text(field, &mut budget).await?;
-                choices.form_params.push((other.to_owned(), value));
+                choices.set(&name, value);
             }
             _ => drain(field, &mut budget).await?,
         }
@@ -309,17 +285,10 @@ async fn receive_into(
     let streamed = recorder.is_some();
     let recorded = if let Some(recorder) = recorder {
         recorder.finish().await?;
-        db::finish_upload(
-            &state.db,
-            batch,
-            files.len(),
-            choices.callback_url.as_deref(),
-        )
-        .await?
+        db::finish_upload(&state.db, batch, files.len(), callback.as_deref()).await?
     } else {
-        let pipeline = choices.with_logo(choices.pipeline()?)?.to_json();
-        let callback = choices.callback_url.as_deref();
-        db::record_upload(&state.db, batch, &pipeline, &files, callback).await?
+        let pipeline = choices.resolve()?.to_json();
+        db::record_upload(&state.db, batch, &pipeline, &files, callback.as_deref()).await?
     };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
     // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
@@ -406,64 +375,6 @@ impl Recorder {
     }
 }
 
-impl Choices {
-    /// The stored form of the pipeline when the choices received so far settle it: a `pipeline`
-    /// field or the form's marker came, and what came makes a valid pipeline. Otherwise the
-    /// choices are read at the end of the body, as they always were (and their errors told then).
-    fn settled(&self) -> Option<Value> {
-        if self.pipeline_json.is_none() && !self.from_form {
-            return None;
-        }
-        let pipeline = self.pipeline().ok()?;
-        Some(self.with_logo(pipeline).ok()?.to_json())
-    }
-
-    /// See [`Pipeline::with_logo`].
-    fn with_logo(&self, pipeline: Pipeline) -> Result<Pipeline, AppError> {
-        pipeline.with_logo(self.logo).map_err(AppError::BadRequest)
-    }
-
-    /// The pipeline: the `pipeline` JSON field, else the form's choices, else the default.
-    fn pipeline(&self) -> Result<Pipeline, AppError> {
-        let bad = |e: String| AppError::BadRequest(format!("invalid pipeline: {e}"));
-        if let Some(json) = &self.pipeline_json {
-            if !json.trim().is_empty() {
-                let value: Value =
-                    serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-                return Pipeline::parse(&value).map_err(bad);
-            }
-        }
-        if !self.from_form {
-            return Ok(tasks::default_pipeline());
-        }
-        if self.form_tasks.is_empty() {
-            return Err(AppError::BadRequest(
-                "choose at least one kind of processing".into(),
-            ));
-        }
-        let mut steps = Vec::new();
-        for name in &self.form_tasks {
-            let task = tasks::find(name).ok_or_else(|| bad(format!("unknown task {name:?}")))?;
-            let mut step = Map::new();
-            step.insert("task".into(), Value::String(name.clone()));
-            for spec in task.params() {
-                let key = format!("{name}.{}", spec.name);
-                let value = match self.form_params.iter().find(|(k, _)| *k == key) {
-                    Some((_, text)) => tasks::form_value(spec, text),
-                    // An unticked checkbox sends nothing.
-                    None if matches!(spec.kind, tasks::ParamKind::Bool { .. }) => {
-                        Value::Bool(false)
-                    }
-                    None => Value::Null,
-                };
-                step.insert(spec.name.into(), value);
-            }
-            steps.push(Value::Object(step));
-        }
-        Pipeline::parse(&Value::Array(steps)).map_err(bad)
-    }
-}
-
 /// The `callback_url` field: empty means none (the form's field, left blank); otherwise it must
 /// pass [`jobs::webhook::check_callback_url`], and webhooks must be on (`WEBHOOK_SECRET`).
 fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
@@ -472,7 +383,8 @@ fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>
     }
     let Some(webhooks) = settings.webhooks() else {
         return Err(AppError::BadRequest(
-            "callback_url was given, but this server does not send webhooks (its operator has              not set WEBHOOK_SECRET); submit without it and follow status_url instead"
+            "callback_url was given, but this server does not send webhooks (its operator has \
+             not set WEBHOOK_SECRET); submit without it and follow status_url instead"
                 .into(),
         ));
     };

@@ -1,24 +1,349 @@
-// The upload form's file chooser (drag and drop, list of chosen files) and the waiting page's
-// live progress. All text goes in through textContent: nothing from the server is parsed as HTML.
+// The upload form (the files checked before sending, the preview, the upload with its progress)
+// and the waiting page (live progress through Server-Sent Events, polling when they fail, the
+// event log). Without this script the form posts as any form does and the waiting page reloads
+// itself. All text goes in through textContent: nothing from the server is parsed as HTML.
 "use strict";
 
-function setupUpload() {
-  const form = document.getElementById("upload");
-  if (!form) return;
-  const input = document.getElementById("files");
-  const drop = document.getElementById("drop");
-  const chosen = document.getElementById("chosen");
-  const showChosen = () => {
-    chosen.replaceChildren();
-    for (const f of input.files) {
-      const li = document.createElement("li");
-      li.textContent = `${f.name} (${Math.ceil(f.size / 1024)} KiB)`;
-      chosen.appendChild(li);
+const $ = (id) => document.getElementById(id);
+
+/// "1.5 MiB", "64.0 KiB", "12 bytes": as the server says sizes.
+function humanBytes(n) {
+  const MIB = 1024 * 1024;
+  if (n >= MIB && n % MIB === 0) return `${n / MIB} MiB`;
+  if (n >= MIB) return `${(n / MIB).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} bytes`;
+}
+
+function humanSeconds(s) {
+  if (!isFinite(s)) return "";
+  if (s < 1) return "less than a second";
+  if (s < 90) return `${Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${Math.round(s - m * 60)} s`;
+}
+
+/// The message of an API error: `{"error": {"code", "message"}}` (or an older `{"error": text}`).
+function errorMessage(body, status) {
+  if (body && body.error) {
+    if (typeof body.error === "string") return body.error;
+    if (body.error.message) return body.error.message;
+  }
+  return `the server answered ${status}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upload form.
+
+/// The type of a file from its first bytes, as the server tells it (jobs::pipeline::Format::sniff):
+/// the name does not count.
+function sniff(b) {
+  const at = (i, ...bytes) => bytes.every((v, k) => b[i + k] === v);
+  if (at(0, 0xff, 0xd8, 0xff)) return "JPEG";
+  if (at(0, 0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return "PNG";
+  if (at(0, 0x52, 0x49, 0x46, 0x46) && at(8, 0x57, 0x45, 0x42, 0x50)) return "WebP";
+  if (at(0, 0x47, 0x49, 0x46, 0x38)) return "GIF";
+  if (at(0, 0x42, 0x4d)) return "BMP";
+  if (at(0, 0x49, 0x49, 0x2a, 0x00) || at(0, 0x4d, 0x4d, 0x00, 0x2a)) return "TIFF";
+  return null;
+}
+
+async function fileType(file) {
+  try {
+    return sniff(new Uint8Array(await file.slice(0, 16).arrayBuffer()));
+  } catch (e) {
+    return null;
+  }
+}
+
+/// Checks the chosen files against the limits on the page: which are left out and why, and
+/// what blocks the upload (too many, too large).
+async function checkFiles(files, limits) {
+  const items = [];
+  for (const file of files) {
+    let reason = null;
+    if (file.size === 0) {
+      reason = "the file is empty";
+    } else if (!(await fileType(file))) {
+      reason = `not an image we can read (${limits.accepted}; the content counts, not the name)`;
+    }
+    items.push({ file, reason });
+  }
+  const kept = items.filter((i) => !i.reason).map((i) => i.file);
+  const total = kept.reduce((sum, f) => sum + f.size, 0);
+  let block = null;
+  const big = kept.filter((f) => f.size > limits.maxFileBytes);
+  if (items.length > 0 && kept.length === 0) {
+    block = `None of the chosen files is an image we can read (${limits.accepted}). Choose other files.`;
+  } else if (kept.length > limits.maxFiles) {
+    block = `Too many files: ${kept.length} chosen, and a batch takes at most ${limits.maxFiles}. Choose fewer, or send them in several batches.`;
+  } else if (big.length > 0) {
+    const names = big.map((f) => `${f.name} (${humanBytes(f.size)})`).join(", ");
+    block = `Too large: ${names}. Each file may be ${humanBytes(limits.maxFileBytes)} at most; leave ${big.length === 1 ? "it" : "them"} out to go on.`;
+  } else if (total > limits.maxBatchBytes) {
+    block = `The files come to ${humanBytes(total)}, more than the ${humanBytes(limits.maxBatchBytes)} a batch may hold. Choose fewer, or send them in several batches.`;
+  }
+  return { items, kept, total, block };
+}
+
+function showChecked(check) {
+  const list = $("chosen");
+  list.replaceChildren();
+  for (const { file, reason } of check.items) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = file.name;
+    li.append(name, ` (${humanBytes(file.size)})`);
+    if (reason) {
+      li.className = "refused";
+      const why = document.createElement("span");
+      why.className = "reason";
+      why.textContent = ` left out: ${reason}`;
+      li.append(" —", why);
+    }
+    list.appendChild(li);
+  }
+  const refused = check.items.length - check.kept.length;
+  let summary = "";
+  if (check.items.length > 0) {
+    summary = `${check.kept.length} image${check.kept.length === 1 ? "" : "s"} to send, ${humanBytes(check.total)}.`;
+    if (refused > 0) {
+      summary += ` ${refused} file${refused === 1 ? " is" : "s are"} left out (see why below).`;
+    }
+  }
+  $("chosen-summary").textContent = summary;
+}
+
+function alertText(text) {
+  const alert = $("form-alert");
+  alert.textContent = text || "";
+  alert.hidden = !text;
+}
+
+/// A copy of `file` at most 640 px wide and high, as a JPEG, for the preview; null when the
+/// browser cannot decode it.
+async function smallCopy(file) {
+  if (!window.createImageBitmap) return null;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (e) {
+    return null;
+  }
+  const scale = Math.min(1, 640 / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff"; // under transparent parts: a JPEG has no alpha
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  if (bitmap.close) bitmap.close();
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+}
+
+/// The form's choices (not its files) as a FormData, in the form's order.
+function choices(form, limits) {
+  const data = new FormData(form);
+  data.delete("files");
+  const logo = $("logo");
+  data.delete("logo");
+  if (logo && logo.files.length && logo.files[0].size <= limits.maxLogoBytes) {
+    data.append("logo", logo.files[0], logo.files[0].name);
+  }
+  return data;
+}
+
+/// The preview: `POST /api/preview` with the choices, and a small copy of the first image
+/// chosen (or none: the server's sample photo), redrawn as the choices change.
+function setupPreview(form, limits) {
+  const aside = $("preview");
+  const img = $("preview-img");
+  const caption = $("preview-caption");
+  if (!aside || !window.fetch || !window.URL || !URL.createObjectURL || !window.AbortController) {
+    return { use() {} };
+  }
+  aside.hidden = false;
+  let source = null; // { blob, name }: a small copy of the user's image
+  let timer = null;
+  let controller = null;
+  let shown = null;
+  let count = 0;
+
+  img.addEventListener("load", () => {
+    if (shown && shown !== img.src) URL.revokeObjectURL(shown);
+    shown = img.src;
+    count += 1;
+    img.dataset.count = String(count);
+    img.hidden = false;
+    aside.classList.remove("stale");
+  });
+
+  const draw = async () => {
+    if (controller) controller.abort();
+    controller = new AbortController();
+    const data = choices(form, limits);
+    if (source) data.append("image", source.blob, "preview.jpg");
+    aside.classList.add("stale");
+    try {
+      const res = await fetch("/api/preview", {
+        method: "POST",
+        body: data,
+        signal: controller.signal,
+        cache: "no-store",
+        headers: { Accept: "image/*, application/json" },
+      });
+      if (res.status === 503) {
+        const wait = Number(res.headers.get("Retry-After")) || 1;
+        schedule(wait * 1000);
+        return;
+      }
+      if (!res.ok) {
+        const body = await res.json().catch(() => null);
+        caption.textContent = `No preview: ${errorMessage(body, res.status)}.`;
+        return;
+      }
+      const blob = await res.blob();
+      img.src = URL.createObjectURL(blob);
+      img.alt = source
+        ? `Your choices applied to a small copy of ${source.name}`
+        : "Your choices applied to a sample photo";
+      caption.textContent = source
+        ? `Your choices on a small copy of ${source.name}.`
+        : "Your choices on a sample photo. Choose images to see them on yours.";
+    } catch (e) {
+      if (e.name !== "AbortError") caption.textContent = "No preview right now.";
     }
   };
-  input.addEventListener("change", showChosen);
+  const schedule = (delay) => {
+    clearTimeout(timer);
+    timer = setTimeout(draw, delay);
+  };
+  // Typing and sliding redraw after a pause; other changes at once.
+  form.addEventListener("input", (e) => {
+    if (e.target.type !== "file") schedule(250);
+  });
+  form.addEventListener("change", (e) => {
+    if (e.target.id === "logo" || e.target.type !== "file") schedule(50);
+  });
+  schedule(0);
+  return {
+    /// Draws on a small copy of the first of `files` the browser can decode (or the sample).
+    async use(files) {
+      let next = null;
+      for (const file of files.slice(0, 3)) {
+        const blob = await smallCopy(file);
+        if (blob) {
+          next = { blob, name: file.name };
+          break;
+        }
+      }
+      source = next;
+      schedule(0);
+    },
+  };
+}
+
+/// The upload: XMLHttpRequest to `POST /api/batches`, for its progress; then the waiting page.
+function upload(data, total, button) {
+  const box = $("upload-progress");
+  const bar = $("upload-bar");
+  const percent = $("upload-percent");
+  const text = $("upload-text");
+  // From zero: an earlier attempt may have left its figures.
+  bar.value = 0;
+  bar.textContent = "0 %";
+  percent.textContent = "0 %";
+  text.textContent = "";
+  box.hidden = false;
+  button.disabled = true;
+  button.textContent = "Uploading…";
+  const started = performance.now();
+  let samples = [{ t: started, loaded: 0 }];
+  let body = total; // the request's size, once the browser tells it
+  const show = (loaded, size) => {
+    body = size;
+    const pct = size > 0 ? Math.floor((loaded / size) * 100) : 100;
+    bar.value = pct;
+    bar.textContent = `${pct} %`;
+    percent.textContent = `${pct} %`;
+    const now = performance.now();
+    samples.push({ t: now, loaded });
+    samples = samples.filter((s) => now - s.t <= 3000);
+    const first = samples[0];
+    const rate = now > first.t ? ((loaded - first.loaded) * 1000) / (now - first.t) : 0;
+    let line = `${humanBytes(loaded)} of ${humanBytes(size)} sent`;
+    if (rate > 0) line += `, ${humanBytes(Math.round(rate))}/s`;
+    if (loaded < size && rate > 0) line += `, about ${humanSeconds((size - loaded) / rate)} left`;
+    text.textContent = `${line}.`;
+  };
+  const fail = (message) => {
+    alertText(`The upload did not go through: ${message}. Your choices are kept; you can try again.`);
+    box.hidden = true;
+    button.disabled = false;
+    button.textContent = "Upload and process";
+  };
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/api/batches");
+  xhr.setRequestHeader("Accept", "application/json");
+  xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : total));
+  xhr.upload.addEventListener("load", () => {
+    bar.value = 100;
+    percent.textContent = "100 %";
+    text.textContent = `${humanBytes(body)} sent in ${humanSeconds((performance.now() - started) / 1000)}; the server is storing the last file…`;
+  });
+  xhr.addEventListener("load", () => {
+    let body = null;
+    try {
+      body = JSON.parse(xhr.responseText);
+    } catch (e) {
+      body = null;
+    }
+    if (xhr.status === 202 && body && body.page_url) {
+      text.textContent = "Uploaded. Opening your batch…";
+      window.location.assign(body.page_url);
+      return;
+    }
+    let message = errorMessage(body, xhr.status);
+    const retry = xhr.getResponseHeader("Retry-After");
+    if (retry) message += ` (try again in ${retry} s)`;
+    fail(message);
+  });
+  xhr.addEventListener("error", () => fail("the connection was lost"));
+  xhr.addEventListener("abort", () => fail("it was stopped"));
+  xhr.send(data);
+}
+
+function setupUpload() {
+  const form = $("upload");
+  if (!form) return;
+  const limits = {
+    maxFiles: Number(form.dataset.maxFiles),
+    maxFileBytes: Number(form.dataset.maxFileBytes),
+    maxBatchBytes: Number(form.dataset.maxBatchBytes),
+    maxLogoBytes: Number(form.dataset.maxLogoBytes),
+    accepted: form.dataset.accepted,
+  };
+  const input = $("files");
+  const drop = $("drop");
+  const preview = setupPreview(form, limits);
+  let checking = Promise.resolve({ items: [], kept: [], total: 0, block: null });
+  const check = () => {
+    const files = Array.from(input.files);
+    checking = checkFiles(files, limits).then((result) => {
+      showChecked(result);
+      alertText(result.block);
+      preview.use(result.kept);
+      return result;
+    });
+  };
+  input.addEventListener("change", check);
   for (const ev of ["dragenter", "dragover"]) {
-    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+    drop.addEventListener(ev, (e) => {
+      e.preventDefault();
+      drop.classList.add("over");
+    });
   }
   for (const ev of ["dragleave", "drop"]) {
     drop.addEventListener(ev, () => drop.classList.remove("over"));
@@ -27,15 +352,48 @@ function setupUpload() {
     e.preventDefault();
     if (e.dataTransfer && e.dataTransfer.files.length) {
       input.files = e.dataTransfer.files;
-      showChosen();
+      check();
     }
   });
-  form.addEventListener("submit", () => {
-    const button = document.getElementById("submit");
-    button.disabled = true;
-    button.textContent = "Uploading…";
+  const logo = $("logo");
+  if (logo) {
+    logo.addEventListener("change", () => {
+      const f = logo.files[0];
+      alertText(f && f.size > limits.maxLogoBytes
+        ? `The logo is ${humanBytes(f.size)}, more than the limit of ${humanBytes(limits.maxLogoBytes)}.`
+        : null);
+    });
+  }
+  if (!window.XMLHttpRequest || !window.FormData) return; // the form posts itself
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const button = $("submit");
+    if (button.disabled) return;
+    const result = await checking;
+    if (!input.files.length) {
+      alertText("Choose at least one image.");
+      return;
+    }
+    if (result.block) {
+      alertText(result.block);
+      $("form-alert").focus();
+      return;
+    }
+    const f = logo && logo.files[0];
+    if (f && f.size > limits.maxLogoBytes) {
+      alertText(`The logo is ${humanBytes(f.size)}, more than the limit of ${humanBytes(limits.maxLogoBytes)}.`);
+      return;
+    }
+    alertText(null);
+    // The choices first, then the files: the server starts on each image as it arrives.
+    const data = choices(form, limits);
+    for (const file of result.kept) data.append("files", file, file.name);
+    upload(data, result.total, button);
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The waiting page.
 
 const STATUS_TEXT = {
   uploading: "Receiving your files…",
@@ -47,6 +405,8 @@ const STATUS_TEXT = {
   expired: "Expired.",
 };
 
+const isFinal = (s) => s === "done" || s === "failed" || s === "expired";
+
 function expiryText(iso) {
   if (!iso) return "";
   const at = new Date(iso);
@@ -56,32 +416,35 @@ function expiryText(iso) {
 }
 
 function render(b) {
-  const section = document.getElementById("batch");
+  const section = $("batch");
   section.dataset.status = b.status;
-  const status = document.getElementById("status");
+  const status = $("status");
   status.textContent = STATUS_TEXT[b.status] || b.status;
   status.className = `status status-${b.status}`;
-  const progress = document.getElementById("progress");
-  progress.max = b.total;
-  progress.value = b.done + b.failed;
-  document.getElementById("count").textContent = `${b.done + b.failed} of ${b.total}`;
-  document.getElementById("failed-count").textContent = b.failed > 0 ? `, ${b.failed} failed` : "";
-  const ready = document.getElementById("ready");
+  const progress = $("progress");
+  const processed = b.done + b.failed;
+  progress.max = Math.max(b.total, 1);
+  progress.value = b.total > 0 ? processed : 0;
+  progress.textContent = `${processed} of ${b.total}`;
+  $("count").textContent = `${processed} of ${b.total}`;
+  $("failed-count").textContent = b.failed > 0 ? `, ${b.failed} failed` : "";
+  const ready = $("ready");
   if (b.download_url) {
-    document.getElementById("download").href = b.download_url;
-    const expiry = document.getElementById("expiry");
+    $("download").href = b.download_url;
+    const expiry = $("expiry");
     expiry.dataset.expires = b.expires_at || "";
     expiry.textContent = expiryText(b.expires_at);
     ready.hidden = false;
   } else {
     ready.hidden = true;
   }
-  const err = document.getElementById("batch-error");
+  const err = $("batch-error");
   err.textContent = b.error || "";
   err.hidden = !b.error;
-  const rows = document.getElementById("images");
+  if (b.status === "expired") return; // the list of a finished, deleted batch is not news
+  const rows = $("images");
   rows.replaceChildren();
-  for (const img of b.images) {
+  for (const img of b.images || []) {
     const tr = document.createElement("tr");
     tr.className = `image-${img.status}`;
     for (const text of [img.name, img.status, img.error || ""]) {
@@ -93,37 +456,171 @@ function render(b) {
   }
 }
 
-function setupBatch() {
-  const section = document.getElementById("batch");
-  if (!section) return;
-  const id = section.dataset.id;
-  const final = (s) => s === "done" || s === "failed" || s === "expired";
-  const tick = async () => {
+const EVENT_TEXT = {
+  "batch.uploaded": "uploaded",
+  "image.started": "started",
+  "image.done": "done",
+  "image.failed": "failed",
+  "image.retried": "to be tried again",
+  "batch.archived": "zip ready",
+  "batch.failed": "batch failed",
+  "batch.downloaded": "downloaded",
+  "batch.expired": "expired, files deleted",
+  "webhook.delivered": "webhook delivered",
+  "webhook.failed": "webhook failed",
+};
+
+/// The event log (`GET /api/batches/{id}/events`), loaded when its <details> is opened and
+/// again on news while it is open.
+function setupEvents(id) {
+  const details = $("events");
+  if (!details || !window.fetch) return { refresh() {} };
+  const list = $("event-list");
+  const status = $("events-status");
+  status.textContent = "Open to see the log.";
+  let loading = false;
+  let again = false;
+  let last = 0;
+  let timer = null;
+  const load = async () => {
+    if (!details.open) return;
+    if (loading) {
+      again = true;
+      return;
+    }
+    loading = true;
+    last = Date.now();
     try {
-      const res = await fetch(`/api/batches/${encodeURIComponent(id)}`, { cache: "no-store" });
-      if (res.status === 410) {
-        // The answer says how long files are kept (RESULT_TTL_SECONDS).
-        const gone = await res.json().catch(() => ({}));
-        render({ status: "expired", total: 0, done: 0, failed: 0, images: [], error: gone.error || "This batch has expired." });
-        return;
-      }
-      if (res.ok) {
-        const b = await res.json();
-        render(b);
-        if (final(b.status)) {
-          if (b.status === "done") setInterval(() => {
-            const expiry = document.getElementById("expiry");
-            expiry.textContent = expiryText(expiry.dataset.expires);
-          }, 30000);
-          return;
+      const res = await fetch(`/api/batches/${encodeURIComponent(id)}/events`, {
+        cache: "no-store",
+        headers: { Accept: "application/json" },
+      });
+      const body = await res.json().catch(() => null);
+      if (!res.ok || !body || !Array.isArray(body.events)) {
+        status.textContent = `The event log is not available (${errorMessage(body, res.status)}).`;
+      } else {
+        list.replaceChildren();
+        for (const ev of body.events) {
+          const li = document.createElement("li");
+          const time = document.createElement("time");
+          time.dateTime = ev.at;
+          const at = new Date(ev.at);
+          time.textContent = isNaN(at) ? String(ev.at) : at.toISOString().slice(11, 19);
+          const kind = document.createElement("span");
+          kind.className = "kind";
+          kind.textContent = EVENT_TEXT[ev.kind] || ev.kind;
+          const parts = [];
+          if (ev.image) parts.push(ev.image);
+          if (ev.worker) parts.push(`by ${ev.worker}`);
+          if (ev.attempt) parts.push(`attempt ${ev.attempt}`);
+          if (ev.detail) parts.push(ev.detail);
+          li.append(time, " ", kind);
+          if (parts.length) li.append(`: ${parts.join(", ")}`);
+          list.appendChild(li);
         }
+        const n = body.events.length;
+        status.textContent = `${n} event${n === 1 ? "" : "s"}, oldest first (times in UTC).`;
       }
     } catch (e) {
-      // Network hiccup: try again on the next tick.
+      status.textContent = "The event log could not be loaded; it is tried again on the next change.";
     }
-    setTimeout(tick, 1000);
+    loading = false;
+    if (again) {
+      again = false;
+      refresh();
+    }
   };
-  if (!final(section.dataset.status)) setTimeout(tick, 500);
+  // At most one load every 2 s while news comes in.
+  const refresh = () => {
+    if (!details.open) return;
+    clearTimeout(timer);
+    timer = setTimeout(load, Math.max(0, last + 2000 - Date.now()));
+  };
+  details.addEventListener("toggle", () => {
+    if (details.open) load();
+  });
+  return { refresh };
+}
+
+function setupBatch() {
+  const section = $("batch");
+  if (!section) return;
+  const id = section.dataset.id;
+  const note = $("live-note");
+  const events = setupEvents(id);
+  const finished = (b) => {
+    note.hidden = true;
+    events.refresh();
+    if (b.status === "done") {
+      setInterval(() => {
+        const expiry = $("expiry");
+        expiry.textContent = expiryText(expiry.dataset.expires);
+      }, 30000);
+    }
+  };
+  const update = (b) => {
+    render(b);
+    events.refresh();
+    if (isFinal(b.status)) finished(b);
+  };
+  if (isFinal(section.dataset.status)) return;
+
+  // Polling, when Server-Sent Events are not available or fail.
+  const poll = () => {
+    section.dataset.live = "poll";
+    note.textContent = "Checking for news every second.";
+    note.hidden = false;
+    const tick = async () => {
+      try {
+        const res = await fetch(`/api/batches/${encodeURIComponent(id)}`, { cache: "no-store" });
+        const body = await res.json().catch(() => null);
+        if (res.status === 404) {
+          note.textContent = `This batch cannot be found (${errorMessage(body, 404)}).`;
+          return;
+        }
+        if (res.status === 410) {
+          update({ status: "expired", total: 0, done: 0, failed: 0, images: [], error: errorMessage(body, 410) });
+          return;
+        }
+        if (res.ok && body) {
+          update(body);
+          if (isFinal(body.status)) return;
+        }
+      } catch (e) {
+        // A network hiccup: try again on the next tick.
+      }
+      setTimeout(tick, 1000);
+    };
+    tick();
+  };
+
+  if (!window.EventSource) {
+    poll();
+    return;
+  }
+  const source = new EventSource(`/api/batches/${encodeURIComponent(id)}/stream`);
+  source.addEventListener("open", () => {
+    section.dataset.live = "sse";
+    note.textContent = "This page updates live.";
+    note.hidden = false;
+  });
+  source.addEventListener("status", (e) => {
+    section.dataset.live = "sse";
+    let b;
+    try {
+      b = JSON.parse(e.data);
+    } catch (err) {
+      return;
+    }
+    update(b);
+    if (isFinal(b.status)) source.close();
+  });
+  source.addEventListener("error", () => {
+    // A stream that broke, or never opened: the API is asked instead.
+    if (isFinal(section.dataset.status)) return;
+    source.close();
+    poll();
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

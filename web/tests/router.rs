@@ -273,3 +273,319 @@ async fn every_api_error_is_json_with_a_code_and_a_message() {
 fn uuid_like() -> String {
     "0b6f2a9e-6c1d-4d61-9f0e-2f1d6c1f0a00".into()
 }
+
+/// An API error's message (`{"error": {"code": "…", "message": "…"}}`).
+fn error_message(body: &str) -> String {
+    let json: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    json["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {body}"))
+        .to_owned()
+}
+
+/// The next event of a Server-Sent Events body (comments, such as keep-alives, skipped), within
+/// `limit`: its name and data; `None` when the stream ends.
+async fn next_event(
+    body: &mut (impl futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    buffer: &mut String,
+    limit: std::time::Duration,
+) -> Option<(String, String)> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut name, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if name.is_empty() && data.is_empty() {
+                continue; // a comment or a retry line
+            }
+            return Some((name, data));
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {limit:?}; so far: {buffer:?}"))?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("a chunk")));
+    }
+}
+
+/// The live stream: the status at once, then each change as Postgres notifies it (well before
+/// the fallback would look), and the end after a final status; 404 unknown, 410 expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_sends_the_status_at_once_then_each_change_until_final() {
+    let (app, state, scratch) = app().await;
+    let unknown = format!("/api/batches/{}/stream", uuid_like());
+    let (status, body) = get(&app, &unknown).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(!error_message(&body).is_empty());
+
+    let png = png();
+    let (status, body) = post(
+        &app,
+        "/api/batches",
+        &[
+            ("pipeline", None, br#"[{"task":"grayscale"}]"#),
+            ("files", Some("a.png"), &png),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The listening connection is made when the state is.
+    let started = std::time::Instant::now();
+    while !state.live.listening() {
+        assert!(started.elapsed().as_secs() < 10, "not listening after 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let request = Request::get(format!("/api/batches/{id}/stream"))
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(res.headers()["x-accel-buffering"], "no");
+    let mut body = res.into_body().into_data_stream();
+    let mut buffer = String::new();
+    let second = std::time::Duration::from_secs(1);
+    let (name, data) = next_event(&mut body, &mut buffer, second)
+        .await
+        .expect("a first event");
+    assert_eq!(name, "status");
+    let first: Value = serde_json::from_str(&data).unwrap();
+    let (_, api) = get(&app, &format!("/api/batches/{id}")).await;
+    assert_eq!(
+        first,
+        serde_json::from_str::<Value>(&api).unwrap(),
+        "the API's JSON"
+    );
+    assert_eq!(first["status"], "queued");
+
+    // A change, told by the trigger's NOTIFY: here within a second, where the fallback would
+    // take three.
+    let set = |status: &'static str| {
+        let db = state.db.clone();
+        let id = id.clone();
+        async move {
+            sqlx::query("UPDATE batches SET status = $2 WHERE id = $1::uuid")
+                .bind(id)
+                .bind(status)
+                .execute(&db)
+                .await
+                .expect("the update")
+        }
+    };
+    set("processing").await;
+    let (_, data) = next_event(&mut body, &mut buffer, second)
+        .await
+        .expect("the change");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["status"],
+        "processing"
+    );
+    assert_eq!(state.live.followed(), 1);
+
+    // A final status is the last event.
+    set("failed").await;
+    let (_, data) = next_event(&mut body, &mut buffer, second)
+        .await
+        .expect("the end");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["status"],
+        "failed"
+    );
+    assert_eq!(
+        next_event(&mut body, &mut buffer, second).await,
+        None,
+        "the stream ends"
+    );
+    drop(body);
+    assert_eq!(
+        state.live.followed(),
+        0,
+        "nothing kept for a stream that ended"
+    );
+
+    set("expired").await;
+    let (status, body) = get(&app, &format!("/api/batches/{id}/stream")).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(error_message(&body).contains("expired"), "{body}");
+    scratch.clean_up().await;
+}
+
+/// The preview draws the choices (the form's or a pipeline) on the sample photo or on the image
+/// sent, answers the image uncached, and refuses what is over its limits; nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_preview_draws_the_choices_on_the_sample_or_the_image_sent() {
+    let (app, state, scratch) = app().await;
+    let request = |parts: &[(&str, Option<&str>, &[u8])]| {
+        let (content_type, body) = multipart(parts);
+        Request::post("/api/preview")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let image_of = |res: axum::response::Response| async move {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+        let content_type = res.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let bytes = axum::body::to_bytes(res.into_body(), 8 << 20)
+            .await
+            .unwrap();
+        (
+            content_type,
+            image::load_from_memory(&bytes).expect("an image"),
+        )
+    };
+
+    // The form's choices on the sample photo; another opacity draws another picture.
+    let form =
+        |opacity: &'static [u8]| -> Vec<(&'static str, Option<&'static str>, &'static [u8])> {
+            vec![
+                ("form", None, b"1"),
+                ("task", None, b"watermark"),
+                ("watermark.position", None, b"tiled"),
+                ("watermark.opacity", None, opacity),
+            ]
+        };
+    let res = app.clone().oneshot(request(&form(b"0.5"))).await.unwrap();
+    let (content_type, half) = image_of(res).await;
+    assert_eq!(content_type, "image/jpeg");
+    assert_eq!((half.width(), half.height()), web::preview::SAMPLE_SIZE);
+    let res = app.clone().oneshot(request(&form(b"1"))).await.unwrap();
+    let (_, full) = image_of(res).await;
+    assert_ne!(
+        half.to_rgb8().into_raw(),
+        full.to_rgb8().into_raw(),
+        "the opacity shows"
+    );
+
+    // A pipeline on an image sent: its size and format, and the grey of the grayscale task.
+    let colour = system_tests::images::flat_png(300, 200, [200, 40, 40, 255]);
+    let res = app
+        .clone()
+        .oneshot(request(&[
+            ("pipeline", None, br#"[{"task":"grayscale"}]"#),
+            ("image", Some("copy.png"), &colour),
+        ]))
+        .await
+        .unwrap();
+    let (content_type, grey) = image_of(res).await;
+    assert_eq!(content_type, "image/png");
+    assert_eq!((grey.width(), grey.height()), (300, 200));
+    let p = grey.to_rgb8().get_pixel(150, 100).0;
+    assert!(p[0] == p[1] && p[1] == p[2], "grey: {p:?}");
+
+    // Refusals, named.
+    let big = system_tests::images::png_declaring(3000, 2000);
+    let huge = vec![0u8; web::preview::MAX_IMAGE_BYTES + 1];
+    for (what, parts, want, says) in [
+        (
+            "no task ticked",
+            vec![("form", None, b"1".as_slice())],
+            400,
+            "at least one",
+        ),
+        (
+            "a bad parameter",
+            vec![(
+                "pipeline",
+                None,
+                br#"[{"task":"watermark","opacity":7}]"#.as_slice(),
+            )],
+            400,
+            "opacity",
+        ),
+        (
+            "not an image",
+            vec![("image", Some("a.txt"), b"plain words".as_slice())],
+            400,
+            "not an image",
+        ),
+        (
+            "too many pixels",
+            vec![("image", Some("big.png"), &big[..])],
+            413,
+            "pixels",
+        ),
+        (
+            "too many bytes",
+            vec![("image", Some("huge.png"), &huge[..])],
+            413,
+            "limit",
+        ),
+    ] {
+        let (status, body) = answer(&app, request(&parts)).await;
+        assert_eq!(status.as_u16(), want, "{what}: {body}");
+        assert!(error_message(&body).contains(says), "{what}: {body}");
+    }
+    assert_eq!(batches(&state).await, 0);
+    assert_eq!(state.storage.list("").await.unwrap(), Vec::<String>::new());
+    scratch.clean_up().await;
+}
+
+/// The form offers only the types we read and gives the script its limits; the waiting page
+/// announces its status, labels its progress bar and reloads itself without JavaScript until the
+/// batch is final.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pages_carry_what_the_script_and_assistive_technology_need() {
+    let (app, state, scratch) = app().await;
+    let (status, page) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&format!("accept=\"{}\"", web::pages::accept_list())),
+        "{page}"
+    );
+    assert!(!page.contains("image/*"), "only the types we read: {page}");
+    for wanted in ["image/jpeg", ".jpeg", "image/tiff", ".tif", "image/webp"] {
+        assert!(
+            web::pages::accept_list().split(',').any(|a| a == wanted),
+            "{wanted}"
+        );
+    }
+    let max_files = format!("data-max-files=\"{}\"", state.settings.max_files_per_batch);
+    assert!(page.contains(&max_files), "{page}");
+    assert!(page.contains("data-max-file-bytes=") && page.contains("data-max-batch-bytes="));
+
+    let png = png();
+    let (_, body) = post(&app, "/api/batches", &[("files", Some("a.png"), &png)]).await;
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, page) = get(&app, &format!("/batches/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(r#"<noscript><meta http-equiv="refresh" content="3"></noscript>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"role="status" aria-live="polite""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"<label for="progress""#), "{page}");
+    assert!(page.contains(r#"<details id="events""#), "{page}");
+    sqlx::query("UPDATE batches SET status = 'failed', error = 'test' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&state.db)
+        .await
+        .unwrap();
+    let (_, page) = get(&app, &format!("/batches/{id}")).await;
+    assert!(
+        !page.contains("http-equiv=\"refresh\""),
+        "a final page stays: {page}"
+    );
+    scratch.clean_up().await;
+}

@@ -11,6 +11,8 @@
 //! (the default, read at the end: processing starts when the upload is complete).
 //!
 //!   bench WORKLOAD_DIR [workers] [rounds]      (defaults: 2 workers, 3 rounds)
+//!
+//! `bench preview [requests]` times `POST /api/preview` instead (see [`preview`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +27,9 @@ const POLL: Duration = Duration::from_millis(10);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "preview") {
+        return preview(&args[1..]).await;
+    }
     let workload = PathBuf::from(
         args.first()
             .context("usage: bench WORKLOAD_DIR [workers] [rounds]")?,
@@ -425,4 +430,130 @@ fn cpu_per_image(
         .collect();
     parts.push(format!("all {:.2}", total * 1000.0 / images as f64));
     parts.join(", ")
+}
+
+/// `bench preview [requests]`: the latency of `POST /api/preview` as the form calls it (the
+/// form's fields, as a browser sends them), one request at a time from a client on this machine:
+/// on the sample photo with settings already drawn and with new ones each time (the pipeline
+/// prepared anew), and on a 640 px JPEG and PNG copy of a photo, as the form's script makes.
+/// Prints p50, p95 and the slowest of the whole request and of the server's part
+/// (`Server-Timing`); the target is under 100 ms.
+async fn preview(args: &[String]) -> anyhow::Result<()> {
+    let requests: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let sys = System::start("bench-preview", Options::default().workers(&[])).await?;
+    let photo = image::load_from_memory(&system_tests::images::photo_jpeg(3000, 2000, 11))?
+        .thumbnail(640, 640);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .encode_image(&photo.to_rgb8())?;
+    let png = system_tests::images::encode(&photo, image::ImageFormat::Png);
+    println!(
+        "preview: {requests} requests per case, one at a time, {} build; a {} × {} copy is {} KiB \
+         as JPEG, {} KiB as PNG",
+        std::env::var("WM_PROFILE").unwrap_or_else(|_| "dev".into()),
+        photo.width(),
+        photo.height(),
+        jpeg.len() / 1024,
+        png.len() / 1024
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>14} {:>14}",
+        "case", "p50 ms", "p95 ms", "max ms", "server p50 ms", "server p95 ms"
+    );
+    // (label, the image sent with its type, whether the settings change every request)
+    type Case<'a> = (&'a str, Option<(&'a str, &'a [u8])>, bool);
+    let cases: [Case; 4] = [
+        ("sample photo, settings drawn before", None, false),
+        ("sample photo, new settings each time", None, true),
+        (
+            "640 px JPEG copy, settings drawn before",
+            Some(("image/jpeg", &jpeg)),
+            false,
+        ),
+        (
+            "640 px PNG copy, settings drawn before",
+            Some(("image/png", &png)),
+            false,
+        ),
+    ];
+    let mut worst = 0.0f64;
+    for (label, image, vary) in cases {
+        let mut total = Vec::new();
+        let mut server = Vec::new();
+        for i in 0..requests + 3 {
+            // With `vary`, each request has an opacity of its own: a pipeline never drawn before.
+            let opacity = if vary {
+                format!("{:.3}", 0.2 + (i as f64) * 0.7 / (requests + 3) as f64)
+            } else {
+                "0.5".into()
+            };
+            let mut form = reqwest::multipart::Form::new()
+                .text("form", "1")
+                .text("task", "watermark")
+                .text("watermark.text", "")
+                .text("watermark.logo", "bundled")
+                .text("watermark.color", "#ffffff")
+                .text("watermark.position", "tiled")
+                .text("watermark.opacity", opacity)
+                .text("watermark.scale", "0.4")
+                .text("watermark.rotation", "30")
+                .text("watermark.margin", "0.03");
+            if let Some((mime, bytes)) = image {
+                form = form.part(
+                    "image",
+                    reqwest::multipart::Part::bytes(bytes.to_vec())
+                        .file_name("preview")
+                        .mime_str(mime)?,
+                );
+            }
+            let started = Instant::now();
+            let res = sys
+                .http
+                .post(sys.url("/api/preview"))
+                .multipart(form)
+                .send()
+                .await?;
+            let status = res.status();
+            let timing = res
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split("dur=").nth(1))
+                .and_then(|v| v.parse::<f64>().ok());
+            let body = res.bytes().await?;
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            anyhow::ensure!(
+                status == 200,
+                "{label}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            anyhow::ensure!(
+                image::load_from_memory(&body).is_ok(),
+                "{label}: not an image"
+            );
+            if i >= 3 {
+                total.push(elapsed);
+                server.push(timing.context("a Server-Timing header")?);
+            }
+        }
+        let pct = |v: &mut Vec<f64>, p: usize| {
+            v.sort_by(f64::total_cmp);
+            v[(v.len() * p / 100).min(v.len() - 1)]
+        };
+        let p95 = pct(&mut total, 95);
+        worst = worst.max(p95);
+        println!(
+            "{label:<44} {:>9.1} {p95:>9.1} {:>9.1} {:>14.1} {:>14.1}",
+            pct(&mut total, 50),
+            total[total.len() - 1],
+            pct(&mut server, 50),
+            pct(&mut server, 95)
+        );
+    }
+    println!(
+        "slowest p95: {worst:.1} ms ({} the 100 ms target)",
+        if worst < 100.0 { "within" } else { "over" }
+    );
+    sys.shutdown().await;
+    Ok(())
 }
