@@ -151,6 +151,23 @@ pub static RECONCILE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Webhook attempts this worker made, by outcome (`delivered`, `rejected`: a non-2xx answer,
+/// `unreachable`, `refused`: the target is not allowed).
+pub static WEBHOOK_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "watermark_webhook_attempts_total",
+        "Webhook attempts this worker made, by outcome (delivered, rejected: not 2xx, \
+         unreachable, refused: a target not allowed).",
+        &["outcome"],
+        &[
+            &["delivered"],
+            &["rejected"],
+            &["unreachable"],
+            &["refused"],
+        ],
+    )
+});
+
 // --- web -----------------------------------------------------------------------------------
 
 /// HTTP answers, by route (the pattern, never the ids in it), method and status.
@@ -283,6 +300,7 @@ pub fn touch_all() {
     LazyLock::force(&PURGE_RUNS);
     LazyLock::force(&PURGED_BATCHES);
     LazyLock::force(&RECONCILE_RUNS);
+    LazyLock::force(&WEBHOOK_ATTEMPTS);
 }
 
 /// Makes `web`'s metrics visible (at zero) before its first request.

@@ -453,6 +453,24 @@ async fn uploads_and_zips_stream_through_the_repositorys_nginx_config() {
         access.contains("POST /api/batches HTTP/1.1\" 202"),
         "the upload did not go through nginx: {access}"
     );
+
+    // Metrics stay inside the network; nginx's request id reaches web's log.
+    let res = reqwest::get(format!("{front}/metrics")).await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let res = reqwest::get(format!("{front}/api/tasks")).await.unwrap();
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "nginx's $request_id: {id}");
+    let started = Instant::now();
+    while !std::fs::read_to_string(sys.logs().join("web.log"))
+        .unwrap_or_default()
+        .contains(&id)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nginx's request id {id} is not in web's log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(nginx);
     sys.shutdown().await;
 }

@@ -97,6 +97,9 @@ pub async fn deliver(ctx: &Ctx, settings: &WebhookSettings, claim: &Claim) -> Op
         }
     };
     let outcome = webhook::send(settings, &claim.url, &message).await;
+    jobs::metrics::WEBHOOK_ATTEMPTS
+        .with_label_values(&[outcome.label()])
+        .inc();
     // Only the host reaches the logs: the URL's query may hold the receiver's token.
     let host = claim.host();
     let recorded = webhook::record(&ctx.db, settings, claim, &outcome, &ctx.worker).await;
