@@ -152,6 +152,12 @@ async fn a_batch_goes_from_upload_to_zip_with_the_watermark_where_it_belongs() {
         page.contains("notes.jpg") && page.contains("Download the zip"),
         "{page}"
     );
+    // Its event log is on the page, folded, without the script's help.
+    assert!(
+        page.contains("<span class=\"kind\">zip ready</span>")
+            && page.contains("<span class=\"kind\">failed</span>: notes.jpg"),
+        "{page}"
+    );
 
     // The event log tells the batch's story: received, each image started and done by the
     // worker on its first attempt (the text file refused at upload), archived, downloaded.

@@ -137,7 +137,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Most events `GET /api/batches/{id}/events` returns (a batch of 200 images that each needed
 /// a few attempts stays well under it).
-const MAX_EVENTS: i64 = 5000;
+pub const MAX_EVENTS: i64 = 5000;
 
 /// `GET /api/batches/{id}/events`: everything that happened to the batch, oldest first.
 pub async fn events(

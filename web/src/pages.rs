@@ -243,9 +243,57 @@ pub async fn submit(
 #[template(path = "batch.html")]
 struct BatchPage {
     view: BatchView,
+    /// The event log, shown folded (the page's script reloads it when opened).
+    events: Vec<jobs::db::Event>,
+}
+
+/// An event as the page says it, as the script does (`EVENT_TEXT` in `static/app.js`): its
+/// time, what happened, and to what.
+pub struct EventLine {
+    pub at: String,
+    pub time: String,
+    pub what: String,
+    pub about: String,
+}
+
+/// What an event's kind means, in words.
+fn event_text(kind: &str) -> &str {
+    match kind {
+        "batch.uploaded" => "uploaded",
+        "image.started" => "started",
+        "image.done" => "done",
+        "image.failed" => "failed",
+        "image.retried" => "to be tried again",
+        "batch.archived" => "zip ready",
+        "batch.failed" => "batch failed",
+        "batch.downloaded" => "downloaded",
+        "batch.expired" => "expired, files deleted",
+        "webhook.delivered" => "webhook delivered",
+        "webhook.failed" => "webhook failed",
+        other => other,
+    }
 }
 
 impl BatchPage {
+    fn event_lines(&self) -> Vec<EventLine> {
+        self.events
+            .iter()
+            .map(|e| {
+                let mut about = Vec::new();
+                about.extend(e.image.clone());
+                about.extend(e.worker.as_ref().map(|w| format!("by {w}")));
+                about.extend(e.attempt.map(|a| format!("attempt {a}")));
+                about.extend(e.detail.clone());
+                EventLine {
+                    at: e.at.to_rfc3339(),
+                    time: e.at.format("%H:%M:%S").to_string(),
+                    what: event_text(&e.kind).to_owned(),
+                    about: about.join(", "),
+                }
+            })
+            .collect()
+    }
+
     fn status_text(&self) -> String {
         status_text(self.view.status).into()
     }
@@ -282,7 +330,8 @@ pub async fn batch(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let view = load_view(&state, &id).await?;
-    Ok(render(StatusCode::OK, &BatchPage { view }))
+    let events = jobs::db::batch_events(&state.db, view.id, crate::api::MAX_EVENTS).await?;
+    Ok(render(StatusCode::OK, &BatchPage { view, events }))
 }
 
 /// `GET /batches/{id}/download`: the zip, streamed from storage. Its errors are a page, or

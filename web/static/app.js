@@ -477,7 +477,6 @@ function setupEvents(id) {
   if (!details || !window.fetch) return { refresh() {} };
   const list = $("event-list");
   const status = $("events-status");
-  status.textContent = "Open to see the log.";
   let loading = false;
   let again = false;
   let last = 0;
