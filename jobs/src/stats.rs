@@ -21,6 +21,19 @@ pub struct Times {
     pub p95_seconds: Option<f64>,
 }
 
+impl Times {
+    /// The columns `{prefix}_count`, `_mean`, `_p50` and `_p95` of `row`.
+    fn read(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Self, sqlx::Error> {
+        let column = |name: &str| format!("{prefix}_{name}");
+        Ok(Self {
+            count: row.try_get(column("count").as_str())?,
+            mean_seconds: row.try_get(column("mean").as_str())?,
+            p50_seconds: row.try_get(column("p50").as_str())?,
+            p95_seconds: row.try_get(column("p95").as_str())?,
+        })
+    }
+}
+
 /// How many failed for one reason.
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct Failure {
@@ -102,7 +115,7 @@ pub async fn over(db: &Db, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Sta
                     coalesce(sum((SELECT sum(input_bytes) FROM images i
                                   WHERE i.batch_id = b.id)), 0)::int8 AS bytes_in,
                     count(finished_at) FILTER (WHERE finished_at >= $1 AND finished_at < $2)
-                        AS finished_count,
+                        AS batch_count,
                     avg(extract(epoch FROM finished_at - created_at)::float8)
                         FILTER (WHERE finished_at >= $1 AND finished_at < $2) AS batch_mean,
                     percentile_cont(0.5) WITHIN GROUP
@@ -123,12 +136,12 @@ pub async fn over(db: &Db, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Sta
             "SELECT count(*) FILTER (WHERE status = 'done') AS done,
                     count(*) FILTER (WHERE status = 'failed') AS failed,
                     coalesce(sum(output_bytes), 0)::int8 AS bytes_out,
-                    count(started_at) AS timed,
-                    avg(extract(epoch FROM finished_at - started_at)::float8) AS mean,
+                    count(started_at) AS image_count,
+                    avg(extract(epoch FROM finished_at - started_at)::float8) AS image_mean,
                     percentile_cont(0.5) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM finished_at - started_at)::float8) AS p50,
+                        (ORDER BY extract(epoch FROM finished_at - started_at)::float8) AS image_p50,
                     percentile_cont(0.95) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM finished_at - started_at)::float8) AS p95
+                        (ORDER BY extract(epoch FROM finished_at - started_at)::float8) AS image_p95
              FROM images WHERE finished_at >= $1 AND finished_at < $2",
         )
         .bind(from)
@@ -178,18 +191,8 @@ pub async fn over(db: &Db, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Sta
         bytes_out: images.try_get("bytes_out")?,
         archive_bytes: batches.try_get("archive_bytes")?,
         failures,
-        image_times: Times {
-            count: images.try_get("timed")?,
-            mean_seconds: images.try_get("mean")?,
-            p50_seconds: images.try_get("p50")?,
-            p95_seconds: images.try_get("p95")?,
-        },
-        batch_times: Times {
-            count: batches.try_get("finished_count")?,
-            mean_seconds: batches.try_get("batch_mean")?,
-            p50_seconds: batches.try_get("batch_p50")?,
-            p95_seconds: batches.try_get("batch_p95")?,
-        },
+        image_times: Times::read(&images, "image")?,
+        batch_times: Times::read(&batches, "batch")?,
         bucket_seconds: bucket.num_seconds(),
         series,
     })
