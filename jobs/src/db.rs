@@ -667,6 +667,7 @@ pub async fn fail_stale_uploads(
 /// One entry of a batch's event log (`batch_events`, written mostly by triggers: see the
 /// migration `20261130000001`).
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub at: DateTime<Utc>,
     /// `batch.uploaded`, `image.started`, `image.done`, `image.failed`, `image.retried`,

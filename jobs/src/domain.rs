@@ -22,6 +22,7 @@ macro_rules! id_type {
             Deserialize,
             sqlx::Type,
         )]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         #[sqlx(transparent)]
         pub struct $name(pub Uuid);
@@ -59,6 +60,7 @@ id_type!(ImageId, "an image");
 
 /// Where a batch is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BatchStatus {
     /// Files are being received.
@@ -132,6 +134,7 @@ impl TryFrom<String> for BatchStatus {
 
 /// Where one image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageStatus {
     Pending,

@@ -14,6 +14,7 @@ pub const MAX_RANGE_DAYS: i64 = 366;
 
 /// Mean and 95th percentile of some seconds, and how many there were.
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Times {
     pub count: i64,
     pub mean_seconds: Option<f64>,
@@ -36,6 +37,7 @@ impl Times {
 
 /// How many failed for one reason.
 #[derive(Debug, Clone, Serialize, FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub reason: String,
     pub count: i64,
@@ -43,6 +45,7 @@ pub struct Failure {
 
 /// One bucket of a time series.
 #[derive(Debug, Clone, Serialize, FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bucket {
     pub start: DateTime<Utc>,
     pub images_done: i64,
@@ -52,6 +55,7 @@ pub struct Bucket {
 
 /// What happened between `from` and `to`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -74,6 +78,7 @@ pub struct Stats {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchCounts {
     pub submitted: i64,
     pub done: i64,
@@ -83,6 +88,7 @@ pub struct BatchCounts {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageCounts {
     pub done: i64,
     pub failed: i64,

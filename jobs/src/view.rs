@@ -9,6 +9,7 @@ use crate::{BatchId, BatchStatus, ImageStatus};
 
 /// What the API, the waiting page and the webhooks show of a batch.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchView {
     pub id: BatchId,
     pub status: BatchStatus,
@@ -28,6 +29,7 @@ pub struct BatchView {
 
 /// One image of a batch: its name as uploaded, its status, and why it failed.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageView {
     pub name: String,
     pub status: ImageStatus,

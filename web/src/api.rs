@@ -5,8 +5,8 @@ use axum::extract::{FromRequestParts, Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::AppError;
 use crate::state::AppState;
@@ -23,15 +23,35 @@ impl<E: Into<AppError>> From<E> for ApiError {
     }
 }
 
+/// The body of every error of the API: `{"error": {"code": "…", "message": "…"}}` (the codes
+/// are listed in the OpenAPI document, from [`crate::error::CODES`]).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    /// Only on `410`: the batch's status, `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<jobs::BatchStatus>,
+}
+
+/// What went wrong: a stable code for programs and a sentence for people.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of the codes listed in `ErrorBody`'s description.
+    pub code: String,
+    /// What went wrong and, when there is something to do about it, what.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        let mut body = json!({
-            "error": { "code": self.0.code(), "message": self.0.user_message() }
-        });
-        if matches!(self.0, AppError::Gone) {
-            body["status"] = json!("expired");
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0.code().to_owned(),
+                message: self.0.user_message(),
+            },
+            status: matches!(self.0, AppError::Gone).then_some(jobs::BatchStatus::Expired),
+        };
         let mut response = (status, Json(body)).into_response();
         self.0.add_retry_after(&mut response);
         response
@@ -57,7 +77,34 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("application/json") && !accept.contains("text/html"))
 }
 
+/// The answer to `POST /api/batches`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    pub id: jobs::BatchId,
+    pub status: jobs::BatchStatus,
+    /// `/api/batches/{id}`: the status as JSON.
+    pub status_url: String,
+    /// `/batches/{id}`: the waiting page.
+    pub page_url: String,
+}
+
 /// `POST /api/batches`: multipart with `files` (one or more) and an optional `pipeline` (JSON).
+#[utoipa::path(
+    post,
+    path = "/api/batches",
+    tag = "batches",
+    summary = "Submit a batch of images",
+    description = "Multipart: `files` (one or more images), and optionally the processing (`pipeline`, or the form's `task` and `<task>.<param>` fields), a `logo` and a `callback_url`. When `pipeline` (and `logo`) come before the first file, each file is processed as soon as it is stored; sent after files already being processed they are refused (`400`). A refused or broken upload leaves nothing behind.",
+    request_body(content = crate::openapi::BatchForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "The batch is stored and queued", body = Submitted),
+        (status = 400, description = "A bad pipeline, logo, callback_url or file field (`bad_request`)", body = ErrorBody),
+        (status = 408, description = "The upload came too slowly (`too_slow`)", body = ErrorBody),
+        (status = 413, description = "A file, the batch or the choices are over a limit (`too_large`)", body = ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -67,12 +114,12 @@ pub async fn submit(
     let id = received.batch;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "id": id,
-            "status": received.status,
-            "status_url": format!("/api/batches/{id}"),
-            "page_url": format!("/batches/{id}"),
-        })),
+        Json(Submitted {
+            id,
+            status: received.status,
+            status_url: format!("/api/batches/{id}"),
+            page_url: format!("/batches/{id}"),
+        }),
     )
         .into_response())
 }
@@ -90,6 +137,25 @@ fn yes() -> bool {
 }
 
 /// `GET /api/batches/{id}[?images=false]`.
+#[utoipa::path(
+    get,
+    path = "/api/batches/{id}",
+    tag = "batches",
+    summary = "A batch's status",
+    description = "Its status, counts, each image with its status and error, and `download_url` once the zip is ready. The same JSON is the data of the stream's events and the body of the webhook.",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The batch's id"),
+        ("images" = Option<bool>, Query, description = "`false` leaves the list of images empty (for polling a large batch); default `true`"),
+    ),
+    responses(
+        (status = 200, description = "The batch", body = BatchView),
+        (status = 400, description = "A query that does not parse (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "No batch with this id (`not_found`)", body = ErrorBody),
+        (status = 410, description = "The batch has expired (`expired`, with `status`)", body = ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -98,18 +164,50 @@ pub async fn status(
     Ok(Json(load_view_with(&state, &id, query.images).await?))
 }
 
+/// The answer to `GET /api/tasks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<jobs::tasks::TaskInfo>,
+}
+
 /// `GET /api/tasks`: every registered task with its parameters.
-pub async fn tasks() -> Json<serde_json::Value> {
-    Json(json!({ "tasks": jobs::tasks::catalogue() }))
+#[utoipa::path(
+    get,
+    path = "/api/tasks",
+    tag = "tasks",
+    summary = "The tasks a pipeline can use",
+    description = "Every registered task with its parameters: name, label, help, type, default and range.",
+    responses((status = 200, description = "The tasks", body = TaskList))
+)]
+pub async fn tasks() -> Json<TaskList> {
+    Json(TaskList {
+        tasks: jobs::tasks::catalogue(),
+    })
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    description = "`200 ok` while the process is up.",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /metrics`: `web`'s metrics and the cluster's state read from Postgres, in Prometheus's
 /// text format. Should Postgres not answer, the process's own metrics are still served.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    description = "`web`'s metrics and the cluster's state read from Postgres, in Prometheus's text format (every name is listed in docs/operations.md).",
+    responses((status = 200, description = "The metrics", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Err(e) = jobs::metrics::observe_cluster(&state.db).await {
         tracing::warn!(error = %e, "metrics: cannot read the cluster's state from Postgres");
@@ -124,7 +222,30 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What `GET /readyz` says of each dependency.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // The schema of `jobs::health`'s JSON, for the OpenAPI document.
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    postgres: String,
+    /// `ok` or `unavailable`.
+    redis: String,
+    /// `ok` or `unavailable`.
+    s3: String,
+}
+
 /// `GET /readyz`: 200 when Postgres, Redis and S3 all answer; 503 naming the ones that do not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness",
+    description = "Whether Postgres, Redis and S3 answer. Not an API error: the `503` body is the same shape as the `200`'s, naming the dependency that is down.",
+    responses(
+        (status = 200, description = "Every dependency answers", body = Readiness),
+        (status = 503, description = "At least one dependency does not answer", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let probe = state.probe().await;
     let status = if probe.all_up() {
@@ -139,15 +260,37 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// a few attempts stays well under it).
 pub const MAX_EVENTS: i64 = 5000;
 
+/// The answer to `GET /api/batches/{id}/events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventLog {
+    pub id: jobs::BatchId,
+    /// Oldest first (5000 at most).
+    pub events: Vec<jobs::db::Event>,
+}
+
 /// `GET /api/batches/{id}/events`: everything that happened to the batch, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/batches/{id}/events",
+    tag = "batches",
+    summary = "A batch's event log",
+    description = "Everything that happened to the batch, oldest first: uploaded; each image started, done, failed or retried (with its worker and attempt); archived; downloaded; expired; webhook delivered or failed.",
+    params(("id" = String, Path, format = Uuid, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The events", body = EventLog),
+        (status = 404, description = "No batch with this id (`not_found`)", body = ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventLog>, ApiError> {
     let id: jobs::BatchId = id.parse().map_err(|_| AppError::NotFound)?;
     if jobs::db::get_batch(&state.db, id).await?.is_none() {
         return Err(AppError::NotFound.into());
     }
     let events = jobs::db::batch_events(&state.db, id, MAX_EVENTS).await?;
-    Ok(Json(json!({ "id": id, "events": events })))
+    Ok(Json(EventLog { id, events }))
 }

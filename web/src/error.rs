@@ -38,6 +38,60 @@ pub enum AppError {
     Internal(#[source] anyhow::Error),
 }
 
+/// Every `code` of the API's errors, with its HTTP status and what it means: the OpenAPI
+/// document lists them in `ErrorBody`'s description (a test keeps this in step with
+/// [`AppError::code`]).
+pub const CODES: [(&str, u16, &str); 12] = [
+    (
+        "bad_request",
+        400,
+        "the request is wrong (a field, the pipeline, the logo, the query)",
+    ),
+    (
+        "too_slow",
+        408,
+        "the upload came too slowly (UPLOAD_MIN_BYTES_PER_SECOND)",
+    ),
+    (
+        "too_large",
+        413,
+        "a file, the batch, the choices or the count of files is over a limit",
+    ),
+    (
+        "unauthorized",
+        401,
+        "the monitoring token is missing or wrong",
+    ),
+    ("not_found", 404, "no batch with this id"),
+    (
+        "no_such_route",
+        404,
+        "no such path under /api (or the monitor is off)",
+    ),
+    (
+        "method_not_allowed",
+        405,
+        "the path does not take this method",
+    ),
+    (
+        "expired",
+        410,
+        "the batch's files were deleted after RESULT_TTL_SECONDS",
+    ),
+    ("not_ready", 409, "the zip is not ready yet"),
+    (
+        "unavailable",
+        503,
+        "a dependency (Postgres, Redis, S3) is down; see Retry-After",
+    ),
+    (
+        "busy",
+        503,
+        "too many uploads or previews at once; see Retry-After",
+    ),
+    ("internal", 500, "something went wrong on our side (logged)"),
+];
+
 impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -141,5 +195,39 @@ impl From<jobs::storage::StorageError> for AppError {
         } else {
             Self::Internal(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_code_and_status_listed() {
+        let all = [
+            AppError::BadRequest(String::new()),
+            AppError::TooLarge(String::new()),
+            AppError::NotFound,
+            AppError::NoRoute(String::new()),
+            AppError::MethodNotAllowed,
+            AppError::Unauthorized,
+            AppError::Gone,
+            AppError::Conflict(String::new()),
+            AppError::Unavailable(String::new()),
+            AppError::Timeout(String::new()),
+            AppError::Busy(String::new()),
+            AppError::Internal(anyhow::anyhow!("x")),
+        ];
+        for e in &all {
+            assert!(
+                CODES
+                    .iter()
+                    .any(|(code, status, _)| *code == e.code() && *status == e.status().as_u16()),
+                "{} ({}) is not in CODES",
+                e.code(),
+                e.status()
+            );
+        }
+        assert_eq!(all.len(), CODES.len(), "CODES lists a code no error has");
     }
 }

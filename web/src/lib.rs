@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod live;
 pub mod monitor;
+pub mod openapi;
 pub mod pace;
 pub mod pages;
 pub mod preview;

@@ -230,6 +230,21 @@ impl Drop for Subscription {
 
 /// `GET /api/batches/{id}/stream`: the batch's status as Server-Sent Events (`event: status`,
 /// the JSON of `GET /api/batches/{id}`), until it is final. `404` unknown, `410` expired.
+#[utoipa::path(
+    get,
+    path = "/api/batches/{id}/stream",
+    tag = "batches",
+    summary = "A batch's status as Server-Sent Events",
+    description = "`event: status` whose data is the JSON of `GET /api/batches/{id}` (a `BatchView`), sent at once, then after each change (at most 4 a second) and every 3 s without news; the stream ends after `done`, `failed` or `expired`. Keep-alive comments every 15 s; `X-Accel-Buffering: no`.",
+    params(("id" = String, Path, format = Uuid, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The event stream; each `status` event's data is a BatchView", body = BatchView, content_type = "text/event-stream"),
+        (status = 404, description = "No batch with this id (`not_found`)", body = crate::api::ErrorBody),
+        (status = 410, description = "The batch has expired (`expired`, with `status`)", body = crate::api::ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn stream(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,

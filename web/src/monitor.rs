@@ -155,6 +155,27 @@ fn shortcut(range: &str) -> Result<Duration, AppError> {
 
 /// `GET /api/stats?from=&to=`: batches, images, bytes in and out, failures by reason, mean and
 /// 95th-percentile times, and a series to chart, over the range.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "monitoring",
+    summary = "Statistics over a time range",
+    description = "Batches, images, bytes in and out, failures by reason, mean and p95 times, and a series to chart. `to` defaults to now, `from` to a day before `to` (or `range` before it); 366 days at most. Needs MONITOR_TOKEN; `404` when the server has none.",
+    params(
+        ("from" = Option<String>, Query, format = DateTime, description = "Start, ISO 8601 (RFC 3339), e.g. 2026-11-30T09:00:00Z"),
+        ("to" = Option<String>, Query, format = DateTime, description = "End, ISO 8601 (RFC 3339); default now"),
+        ("range" = Option<String>, Query, description = "Instead of `from`: `1h`, `24h`, `7d` or `30d` before `to`"),
+    ),
+    security(("monitor token" = [])),
+    responses(
+        (status = 200, description = "The statistics", body = Stats),
+        (status = 400, description = "A bad time or range (`bad_request`)", body = crate::api::ErrorBody),
+        (status = 401, description = "Without the monitoring token (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 404, description = "The monitor is off: MONITOR_TOKEN is not set (`no_such_route`)", body = crate::api::ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn stats_api(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -175,6 +196,21 @@ pub async fn stats_api(
 }
 
 /// `GET /api/monitor`: what the monitoring page shows, as JSON.
+#[utoipa::path(
+    get,
+    path = "/api/monitor",
+    tag = "monitoring",
+    summary = "What the monitoring page shows",
+    description = "Live workers, the backlog, throughput over 1, 5 and 60 minutes, image times, failures by reason and recent batches. Needs MONITOR_TOKEN; `404` when the server has none.",
+    security(("monitor token" = [])),
+    responses(
+        (status = 200, description = "The snapshot (workers, backlog, throughput, failures, recent batches)", body = Object),
+        (status = 401, description = "Without the monitoring token (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 404, description = "The monitor is off: MONITOR_TOKEN is not set (`no_such_route`)", body = crate::api::ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn monitor_api(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(refused) = api_refusal(&state, &headers) {
         return refused;

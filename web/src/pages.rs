@@ -336,6 +336,22 @@ pub async fn batch(
 
 /// `GET /batches/{id}/download`: the zip, streamed from storage. Its errors are a page, or
 /// the API's JSON when the client asks for JSON.
+#[utoipa::path(
+    get,
+    path = "/batches/{id}/download",
+    tag = "batches",
+    summary = "Download a batch's zip",
+    description = "The zip of the results (and `FAILED-FILES.txt` when some failed), streamed. Errors are an HTML page, or the API's JSON when the request says `Accept: application/json`.",
+    params(("id" = String, Path, format = Uuid, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The zip", body = Vec<u8>, content_type = "application/zip"),
+        (status = 404, description = "No batch with this id (`not_found`)", body = crate::api::ErrorBody),
+        (status = 409, description = "The zip is not ready yet (`not_ready`)", body = crate::api::ErrorBody),
+        (status = 410, description = "The batch has expired (`expired`, with `status`)", body = crate::api::ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,

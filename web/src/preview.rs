@@ -158,6 +158,25 @@ struct Request {
 /// `POST /api/preview`: multipart with the choices (as `POST /api/batches` takes them: `form=1`,
 /// `task`, `<task>.<param>`, or `pipeline`; and an optional `logo`) and an optional `image` (at
 /// most [`MAX_IMAGE_BYTES`] and [`MAX_PIXELS`]; the sample photo otherwise). Answers the image.
+#[utoipa::path(
+    post,
+    path = "/api/preview",
+    tag = "preview",
+    summary = "Draw the chosen processing on one small image",
+    description = "Multipart with the same choices as a batch (`pipeline`, or `form=1`, `task` and `<task>.<param>`; optional `logo`) and an optional `image` (4 MiB and 4 MP at most, checked before decoding; without one, a 640 × 427 sample photo). Answers the image in the format the pipeline gives, with `Cache-Control: no-store` and `Server-Timing`.",
+    request_body(content = crate::openapi::PreviewForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The image drawn", content(
+            (Vec<u8> = "image/jpeg"),
+            (Vec<u8> = "image/png"),
+        )),
+        (status = 400, description = "Bad choices, logo or image (`bad_request`)", body = crate::api::ErrorBody),
+        (status = 408, description = "The request came too slowly (`too_slow`)", body = crate::api::ErrorBody),
+        (status = 413, description = "The image or logo is over a limit (`too_large`)", body = crate::api::ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn preview(
     State(state): State<AppState>,
     headers: HeaderMap,

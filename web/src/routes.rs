@@ -11,7 +11,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{access, api, live, monitor, pages, preview};
+use crate::{access, api, live, monitor, openapi, pages, preview};
 
 pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
@@ -35,6 +35,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks", get(api::tasks))
         .route("/api/stats", get(monitor::stats_api))
         .route("/api/monitor", get(monitor::monitor_api))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/docs", get(openapi::docs))
         .route("/monitor", get(monitor::page))
         .route("/monitor/sign-in", post(monitor::sign_in))
         .route("/monitor/sign-out", post(monitor::sign_out))

@@ -589,3 +589,272 @@ async fn the_pages_carry_what_the_script_and_assistive_technology_need() {
     );
     scratch.clean_up().await;
 }
+
+/// Every route of the API, as the router has them: the OpenAPI document must describe each.
+const API_ROUTES: [(&str, &str); 14] = [
+    ("post", "/api/batches"),
+    ("get", "/api/batches/{id}"),
+    ("get", "/api/batches/{id}/events"),
+    ("get", "/api/batches/{id}/stream"),
+    ("post", "/api/preview"),
+    ("get", "/api/tasks"),
+    ("get", "/api/stats"),
+    ("get", "/api/monitor"),
+    ("get", "/batches/{id}/download"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    // The document and its page: routed, and not described by the document itself.
+    ("get", "/api/openapi.json"),
+    ("get", "/api/docs"),
+];
+
+/// The OpenAPI document: version 3.1, every API route, every error answer the one `ErrorBody`,
+/// every 503 with `Retry-After`, and each path it names is one the router takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_api_route_and_its_errors() {
+    let (app, _state, scratch) = app().await;
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get("/api/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "Watermark API");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (method, path) in API_ROUTES {
+        let own = path == "/api/openapi.json" || path == "/api/docs";
+        assert_eq!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            !own,
+            "{method} {path} in the document"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("a path item") {
+            operations += 1;
+            assert!(
+                API_ROUTES.contains(&(method.as_str(), path.as_str())),
+                "{method} {path} is described but not in the test's list of routes"
+            );
+            assert!(
+                !op["summary"].as_str().unwrap_or_default().is_empty(),
+                "{method} {path}: no summary"
+            );
+            // The router takes it: a placeholder id gets the route's own answer, never the
+            // fallback's.
+            let concrete = path.replace("{id}", &uuid_like());
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&concrete)
+                .body(Body::empty())
+                .unwrap();
+            let (status, body) = answer(&app, request).await;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {body}"
+            );
+            assert!(
+                !body.contains("no_such_route")
+                    || path.contains("monitor")
+                    || path.contains("stats"),
+                "{method} {path} is not routed: {body}"
+            );
+            for (code, response) in op["responses"].as_object().expect("responses") {
+                let code: u16 = code.parse().expect("a status");
+                // /readyz's 503 is its probe, the same shape as its 200, not an error.
+                if code < 400 || path == "/readyz" {
+                    continue;
+                }
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {code}: {response}"
+                );
+                if code == 503 {
+                    assert!(
+                        response["headers"]["Retry-After"].is_object(),
+                        "{method} {path} 503 without Retry-After: {response}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(operations, API_ROUTES.len() - 2, "one operation per route");
+    // The one error shape, with its codes; the monitor's token; the tasks in the pipeline field.
+    let description = schemas["ErrorBody"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    for code in [
+        "bad_request",
+        "not_found",
+        "no_such_route",
+        "expired",
+        "busy",
+        "unavailable",
+    ] {
+        assert!(description.contains(&format!("`{code}`")), "{description}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["monitor token"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["paths"]["/api/stats"]["get"]["security"][0]["monitor token"],
+        serde_json::json!([])
+    );
+    let form = &schemas["BatchForm"]["properties"];
+    let pipeline = form["pipeline"]["description"].as_str().unwrap_or_default();
+    for task in jobs::tasks::catalogue() {
+        assert!(pipeline.contains(&format!("`{}`", task.name)), "{pipeline}");
+        for param in task.params {
+            assert!(
+                pipeline.contains(&format!("`{}`", param.name)),
+                "{pipeline}"
+            );
+            assert!(
+                form.get(format!("{}.{}", task.name, param.name)).is_some(),
+                "{form}"
+            );
+        }
+    }
+    assert_eq!(form["files"]["type"], "array", "{form}");
+    assert!(form["callback_url"].is_object(), "{form}");
+    // Every reference points at a schema the document has.
+    let text = doc.to_string();
+    for part in text.split("\"#/components/schemas/").skip(1) {
+        let name = &part[..part.find('"').unwrap()];
+        assert!(
+            schemas.get(name).is_some(),
+            "a reference to a missing schema {name}"
+        );
+    }
+    scratch.clean_up().await;
+}
+
+/// The API's errors have exactly the shape `ErrorBody` describes.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_errors_match_the_documented_error_body() {
+    let (app, _state, scratch) = app().await;
+    let (_, doc) = get(&app, "/api/openapi.json").await;
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let keys = |schema: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let required = |schema: &Value| -> Vec<String> {
+        schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let body_schema = &schemas["ErrorBody"];
+    assert_eq!(
+        body_schema["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    let detail_schema = &schemas["ErrorDetail"];
+    assert_eq!(keys(detail_schema), ["code", "message"]);
+    assert_eq!(required(detail_schema), ["code", "message"]);
+    assert_eq!(required(body_schema), ["error"]);
+    let (status, body) = get(&app, &format!("/api/batches/{}", uuid_like())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let object = json.as_object().expect("an object");
+    assert_eq!(object.keys().collect::<Vec<_>>(), ["error"], "{json}");
+    let detail = json["error"].as_object().expect("error is an object");
+    let mut detail_keys: Vec<&String> = detail.keys().collect();
+    detail_keys.sort();
+    assert_eq!(detail_keys, ["code", "message"], "{json}");
+    assert!(detail.values().all(Value::is_string), "{json}");
+    assert_eq!(json["error"]["code"], "not_found");
+    // Other errors: every key one the schema has, and the code one it lists.
+    let description = body_schema["description"].as_str().unwrap();
+    for path in ["/api/nowhere", "/api/batches/x?images=maybe", "/api/stats"] {
+        let (_, body) = get(&app, path).await;
+        let json: Value = serde_json::from_str(&body).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(keys(body_schema).contains(key), "{path}: {json}");
+        }
+        let code = json["error"]["code"].as_str().unwrap();
+        assert!(description.contains(&format!("`{code}`")), "{path}: {code}");
+    }
+    scratch.clean_up().await;
+}
+
+/// `/api/docs`: the document as a page, with each path, nothing from elsewhere and no inline
+/// script or style.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_docs_page_shows_every_path_and_loads_nothing_from_elsewhere() {
+    let (app, _state, scratch) = app().await;
+    let (status, page) = get(&app, "/api/docs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<html"), "{page}");
+    for (method, path) in API_ROUTES {
+        if path == "/api/openapi.json" || path == "/api/docs" {
+            continue;
+        }
+        assert!(
+            page.contains(&format!("{} {path}", method.to_uppercase())),
+            "{method} {path} not on the page"
+        );
+    }
+    for shown in [
+        "href=\"/api/openapi.json\"",
+        "ErrorBody",
+        "Retry-After",
+        "multipart/form-data",
+        "text/event-stream",
+        "application/zip",
+        "watermark.opacity",
+        "callback_url",
+        "Bearer",
+    ] {
+        assert!(page.contains(shown), "{shown} not on the page");
+    }
+    for attribute in ["src=", "href="] {
+        for part in page.split(attribute).skip(1) {
+            let target = part.trim_start_matches(['"', '\'']);
+            assert!(
+                target.starts_with('/') || target.starts_with('#'),
+                "{attribute}{} points elsewhere",
+                &target[..target.len().min(60)]
+            );
+        }
+    }
+    assert!(!page.contains("style="), "an inline style attribute");
+    assert!(!page.contains("<style"), "an inline style sheet");
+    assert!(
+        page.matches("<script").count() == page.matches("<script src=\"/static/").count(),
+        "an inline script"
+    );
+    scratch.clean_up().await;
+}

@@ -109,6 +109,7 @@ pub struct TaskError(pub String);
 
 /// The declaration of one parameter.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParamSpec {
     pub name: &'static str,
     pub label: &'static str,
@@ -119,6 +120,7 @@ pub struct ParamSpec {
 
 /// A parameter's type, range and default.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ParamKind {
     Float {
@@ -448,6 +450,7 @@ impl Pipeline {
 
 /// A task's description as `GET /api/tasks` lists it.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskInfo {
     pub name: &'static str,
     pub label: &'static str,
