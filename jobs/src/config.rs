@@ -61,13 +61,41 @@ pub struct Settings {
     #[arg(long, env = "MAX_FILE_BYTES", default_value_t = 50 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_file_bytes: u64,
 
-    /// Most files accepted in one batch; more is refused with 413.
-    #[arg(long, env = "MAX_FILES_PER_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most files accepted in one batch (sent in one request, or added to an open batch over
+    /// many); more is refused with 413.
+    #[arg(long, env = "MAX_FILES_PER_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_files_per_batch: u32,
 
-    /// Largest accepted upload (all files of one batch together), in bytes; more is refused with 413.
-    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 500 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most bytes of files one batch may hold (all its files together, however they are sent),
+    /// in bytes; more is refused with 413.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 10 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_bytes: u64,
+
+    /// Accept batches without an API key, from the browser form and the API: each client address
+    /// (an IPv6 /64) is then an owner of its own, with the default limits. `off` asks every
+    /// submission for a key (`Authorization: Bearer`).
+    #[arg(long, env = "ANONYMOUS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub anonymous: bool,
+
+    /// Proxies whose `X-Forwarded-For` is believed, as addresses or networks (`10.0.0.0/8`),
+    /// comma-separated: the client address of an anonymous submission is taken from that header
+    /// only when the connection comes from one of them (nginx, a load balancer), else it is the
+    /// connection's own address.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = crate::owners::parse_networks)]
+    pub trusted_proxies: crate::owners::Networks,
+
+    /// Images one owner may have queued or being processed at once, by default (a key may have
+    /// its own limit). A submission beyond it is refused with 429 and `Retry-After`.
+    #[arg(long, env = "OWNER_MAX_QUEUED_IMAGES", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub owner_max_queued_images: u32,
+
+    /// Batches one owner may create in a minute (a sliding minute), by default.
+    #[arg(long, env = "OWNER_MAX_BATCHES_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub owner_max_batches_per_minute: u32,
+
+    /// Bytes of files one owner may send in a day (a sliding 24 hours), by default.
+    #[arg(long, env = "OWNER_MAX_BYTES_PER_DAY", default_value_t = 20 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub owner_max_bytes_per_day: u64,
 
     /// Most uploads `web` receives at once; beyond it a submission is answered 503 with
     /// `Retry-After`. Each upload holds at most three parts of 8 MiB in memory.
@@ -226,6 +254,25 @@ pub fn human_duration(seconds: u64) -> String {
     }
 }
 
+/// A size as people read it: "10 GiB", "500 MiB", "1.5 MiB", "64.0 KiB", "12 bytes".
+pub fn human_bytes(n: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    const GIB: u64 = 1024 * MIB;
+    if n >= GIB && n.is_multiple_of(GIB) {
+        format!("{} GiB", n / GIB)
+    } else if n >= 10 * GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= MIB {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    } else if n >= 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 /// Loads `.env` (when present) into the environment before clap reads it. Values already in the
 /// environment win.
 pub fn load_dotenv() {
@@ -321,6 +368,15 @@ mod tests {
         assert_eq!(hooks.max_attempts, 8);
         assert_eq!(hooks.backoff, Duration::from_secs(2));
         assert_eq!(hooks.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn sizes_read_as_people_say_them() {
+        assert_eq!(human_bytes(10 << 30), "10 GiB");
+        assert_eq!(human_bytes(500 << 20), "500 MiB");
+        assert_eq!(human_bytes(3 << 19), "1.5 MiB");
+        assert_eq!(human_bytes(2047 << 20), "2047 MiB");
+        assert_eq!(human_bytes(12), "12 bytes");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 
-use crate::domain::{BatchId, BatchStatus, ImageId, ImageStatus};
+use crate::domain::{BatchId, BatchStatus, ImageId, ImageStatus, OwnerId};
 
 pub type Db = PgPool;
 
@@ -82,19 +82,21 @@ pub struct NewImage {
     pub rejected: Option<String>,
 }
 
-/// Opens a batch in `uploading`. With `Some(pipeline)` its images are recorded one by one as they
-/// are stored ([`add_image`]) and processed while the rest of the upload arrives; with `None`
-/// they are recorded at the end ([`record_upload`]).
+/// Opens a batch of `owner` in `uploading`. With `Some(pipeline)` its images are recorded one by
+/// one as they are stored ([`add_images`]) and processed while the rest of the upload arrives;
+/// with `None` they are recorded at the end ([`record_upload`]).
 pub async fn create_batch(
     db: &Db,
     id: BatchId,
+    owner: OwnerId,
     pipeline: Option<&serde_json::Value>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO batches (id, status, pipeline, queued_at)
-         VALUES ($1, 'uploading', $2, CASE WHEN $3 THEN now() END)",
+        "INSERT INTO batches (id, status, owner_id, pipeline, queued_at)
+         VALUES ($1, 'uploading', $2, $3, CASE WHEN $4 THEN now() END)",
     )
     .bind(id)
+    .bind(owner)
     .bind(pipeline.unwrap_or(&serde_json::Value::Null))
     .bind(pipeline.is_some())
     .execute(db)
@@ -113,14 +115,16 @@ pub async fn add_images(
     let mut tx = db.begin().await?;
     insert_images(&mut tx, batch, images.iter().map(|(p, i)| (*p, i))).await?;
     let refused = images.iter().filter(|(_, i)| i.rejected.is_some()).count();
+    let bytes: i64 = images.iter().map(|(_, i)| i.input_bytes).sum();
     let updated = sqlx::query(
         "UPDATE batches SET total = total + $2, failed_count = failed_count + $3,
-                            updated_at = now()
+                            bytes_in = bytes_in + $4, updated_at = now()
          WHERE id = $1 AND status = 'uploading'",
     )
     .bind(batch)
     .bind(images.len() as i32)
     .bind(refused as i32)
+    .bind(bytes)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() != 1 {
@@ -230,9 +234,11 @@ pub async fn record_upload(
     } else {
         BatchStatus::Queued
     };
+    let bytes: i64 = images.iter().map(|i| i.input_bytes).sum();
     let updated = sqlx::query(
         "UPDATE batches SET status = $2, pipeline = $3, total = $4, failed_count = $5,
-                            callback_url = $6, queued_at = now(), updated_at = now()
+                            callback_url = $6, bytes_in = $7, queued_at = now(),
+                            updated_at = now()
          WHERE id = $1 AND status = 'uploading'",
     )
     .bind(batch)
@@ -241,6 +247,7 @@ pub async fn record_upload(
     .bind(total)
     .bind(failed)
     .bind(callback_url)
+    .bind(bytes)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() != 1 {
@@ -345,7 +352,7 @@ pub async fn start_image(
              UPDATE images i SET attempts = i.attempts + 1, started_at = now(), started_by = $2
              FROM batches b
              WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
-               AND b.status IN ('uploading', 'queued', 'processing')
+               AND b.status IN ('uploading', 'open', 'queued', 'processing')
              RETURNING i.batch_id, i.attempts, i.retries, b.pipeline
          ), moved AS (
              UPDATE batches SET status = 'processing', updated_at = now()
@@ -437,7 +444,7 @@ pub async fn finish_image(
                                  width = $6, height = $7, processed_by = $8, finished_at = now()
              FROM batches b
              WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
-               AND b.status IN ('uploading', 'queued', 'processing')
+               AND b.status IN ('uploading', 'open', 'queued', 'processing')
              RETURNING i.batch_id
          )
          UPDATE batches SET done_count = done_count + $9, failed_count = failed_count + $10,
@@ -464,7 +471,7 @@ pub async fn finish_image(
         // Gone with its batch, or its batch ended without it: abandoned. Otherwise finished
         // by another attempt.
         let live: Option<bool> = sqlx::query_scalar(
-            "SELECT b.status NOT IN ('failed', 'expired')
+            "SELECT b.status NOT IN ('failed', 'cancelled', 'expired')
              FROM images i JOIN batches b ON b.id = i.batch_id WHERE i.id = $1",
         )
         .bind(image)
@@ -534,7 +541,7 @@ pub async fn mark_failed(
     let r = sqlx::query(
         "UPDATE batches SET status = 'failed', error = $2, finished_at = now(),
                 expires_at = now() + make_interval(secs => $3), updated_at = now()
-         WHERE id = $1 AND status IN ('uploading', 'queued', 'processing', 'archiving')",
+         WHERE id = $1 AND status IN ('uploading', 'open', 'queued', 'processing', 'archiving')",
     )
     .bind(batch)
     .bind(reason)
@@ -737,7 +744,7 @@ pub async fn cluster(db: &Db) -> Result<Cluster, sqlx::Error> {
                                       ORDER BY status) s) AS counts,
            (SELECT count(*) FROM images i JOIN batches b ON b.id = i.batch_id
             WHERE i.status = 'pending'
-              AND b.status IN ('uploading', 'queued', 'processing')) AS images_pending,
+              AND b.status IN ('uploading', 'open', 'queued', 'processing')) AS images_pending,
            (SELECT count(*) FROM workers WHERE stopped_at IS NULL
               AND last_seen > now() - make_interval(secs => $1)) AS workers_live,
            (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS webhooks_pending",

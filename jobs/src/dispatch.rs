@@ -114,7 +114,7 @@ pub async fn dispatch(db: &Db, queues: &Queues, window: u32) -> Result<Dispatche
              WHERE id IN (
                  SELECT i.id FROM images i JOIN batches b ON b.id = i.batch_id
                  WHERE i.status = 'pending' AND i.enqueued_at IS NULL
-                   AND b.status IN ('uploading', 'queued', 'processing')
+                   AND b.status IN ('uploading', 'open', 'queued', 'processing')
                  ORDER BY b.queued_at, b.id, i.position
                  LIMIT $1)
              RETURNING batch_id, id",

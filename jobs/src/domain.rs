@@ -57,14 +57,21 @@ macro_rules! id_type {
 
 id_type!(BatchId, "a batch");
 id_type!(ImageId, "an image");
+id_type!(
+    OwnerId,
+    "an owner (an API key, or an anonymous client address)"
+);
 
 /// Where a batch is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BatchStatus {
-    /// Files are being received.
+    /// Files are being received in one request.
     Uploading,
+    /// An open batch: it takes its files over many requests until it is closed, and its images
+    /// are processed as they arrive.
+    Open,
     /// Every file is stored; images wait for a worker.
     Queued,
     /// At least one worker has started on it.
@@ -75,36 +82,50 @@ pub enum BatchStatus {
     Done,
     /// Nothing could be produced (every image failed, or the upload broke off).
     Failed,
+    /// Stopped by its owner: its pending images never start, its files are deleted.
+    Cancelled,
     /// Its files were deleted after the result TTL.
     Expired,
 }
 
 impl BatchStatus {
-    pub const ALL: [BatchStatus; 7] = [
+    pub const ALL: [BatchStatus; 9] = [
         Self::Uploading,
+        Self::Open,
         Self::Queued,
         Self::Processing,
         Self::Archiving,
         Self::Done,
         Self::Failed,
+        Self::Cancelled,
         Self::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Uploading => "uploading",
+            Self::Open => "open",
             Self::Queued => "queued",
             Self::Processing => "processing",
             Self::Archiving => "archiving",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
             Self::Expired => "expired",
         }
     }
 
     /// True once nothing more will happen to the batch but the purge.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Expired)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::Expired
+        )
+    }
+
+    /// True while files are still arriving (one request's upload, or an open batch).
+    pub fn is_receiving(self) -> bool {
+        matches!(self, Self::Uploading | Self::Open)
     }
 }
 
@@ -140,14 +161,19 @@ pub enum ImageStatus {
     Pending,
     Done,
     Failed,
+    /// Its batch was cancelled before it was processed.
+    Cancelled,
 }
 
 impl ImageStatus {
+    pub const ALL: [ImageStatus; 4] = [Self::Pending, Self::Done, Self::Failed, Self::Cancelled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -155,12 +181,10 @@ impl ImageStatus {
 impl FromStr for ImageStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Self::Pending),
-            "done" => Ok(Self::Done),
-            "failed" => Ok(Self::Failed),
-            _ => Err(format!("unknown image status {s:?}")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown image status {s:?}"))
     }
 }
 
@@ -214,7 +238,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
         }
         assert!("nope".parse::<BatchStatus>().is_err());
-        for st in [ImageStatus::Pending, ImageStatus::Done, ImageStatus::Failed] {
+        for st in ImageStatus::ALL {
             assert_eq!(ImageStatus::try_from(st.as_str().to_owned()), Ok(st));
         }
         // A row with a status this version does not know fails to decode: no silent "pending".

@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod names;
 pub mod overlay;
+pub mod owners;
 pub mod pipeline;
 pub mod queue;
 pub mod recent;
@@ -30,7 +31,7 @@ pub mod wake;
 pub mod webhook;
 
 pub use config::Settings;
-pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus};
+pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus, OwnerId};
 
 /// The ids a process is working on right now (uploads being received, images being processed):
 /// shared by its tasks, cheap to clone.

@@ -116,7 +116,7 @@ pub async fn over(db: &Db, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Sta
                     count(*) FILTER (WHERE status = 'done') AS done,
                     count(*) FILTER (WHERE status = 'failed') AS failed,
                     count(*) FILTER (WHERE status = 'expired') AS expired,
-                    count(*) FILTER (WHERE status IN ('uploading', 'queued', 'processing',
+                    count(*) FILTER (WHERE status IN ('uploading', 'open', 'queued', 'processing',
                                                       'archiving')) AS unfinished,
                     coalesce(sum((SELECT sum(input_bytes) FROM images i
                                   WHERE i.batch_id = b.id)), 0)::int8 AS bytes_in,
@@ -278,11 +278,11 @@ pub async fn snapshot(db: &Db) -> Result<Snapshot, sqlx::Error> {
             "SELECT count(*) AS pending,
                     count(*) FILTER (WHERE i.attempts = 0) AS waiting,
                     (SELECT count(*) FROM batches WHERE status IN
-                        ('uploading', 'queued', 'processing', 'archiving')) AS unfinished,
+                        ('uploading', 'open', 'queued', 'processing', 'archiving')) AS unfinished,
                     (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')
                         AS webhooks
              FROM images i JOIN batches b ON b.id = i.batch_id
-             WHERE i.status = 'pending' AND b.status IN ('uploading', 'queued', 'processing')",
+             WHERE i.status = 'pending' AND b.status IN ('uploading', 'open', 'queued', 'processing')",
         )
         .fetch_one(db),
         sqlx::query_as::<_, RecentBatch>(

@@ -429,6 +429,7 @@ pub fn event_name(status: BatchStatus) -> &'static str {
     match status {
         BatchStatus::Done => "batch.done",
         BatchStatus::Failed => "batch.failed",
+        BatchStatus::Cancelled => "batch.cancelled",
         // The batch expired before its webhook could be delivered (the receiver was down for
         // longer than RESULT_TTL_SECONDS).
         BatchStatus::Expired => "batch.expired",

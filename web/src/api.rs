@@ -8,7 +8,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use jobs::owners::Scope;
+
 use crate::error::AppError;
+use crate::owner::Peer;
 use crate::state::AppState;
 use crate::upload;
 use crate::view::{load_view_with, BatchView};
@@ -107,10 +110,12 @@ pub struct Submitted {
 )]
 pub async fn submit(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let received = upload::receive(&state, &headers, multipart?).await?;
+    let owner = crate::owner::resolve_for(&state, &headers, peer, Scope::Submit).await?;
+    let received = upload::receive(&state, &headers, &owner, multipart?).await?;
     let id = received.batch;
     Ok((
         StatusCode::ACCEPTED,

@@ -16,9 +16,20 @@ pub enum AppError {
     NoRoute(String),
     #[error("this path does not take that method")]
     MethodNotAllowed,
-    /// The monitor and the statistics without their token.
-    #[error("this needs the monitoring token (MONITOR_TOKEN), as `Authorization: Bearer <token>`")]
-    Unauthorized,
+    /// A credential is missing, unknown or revoked (the monitor's token, an API key).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credential is good but does not allow this (a key without the scope, a batch of
+    /// another owner).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An owner's limit is reached: try again after `retry_after` seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u32 },
+    /// The batch has ended already, so this no longer applies (cancelling a finished batch,
+    /// adding files to a closed one).
+    #[error("{0}")]
+    Finished(String),
     #[error(
         "this batch has expired: its files were deleted {} after it finished",
         crate::state::kept_for()
@@ -41,7 +52,7 @@ pub enum AppError {
 /// Every `code` of the API's errors, with its HTTP status and what it means: the OpenAPI
 /// document lists them in `ErrorBody`'s description (a test keeps this in step with
 /// [`AppError::code`]).
-pub const CODES: [(&str, u16, &str); 12] = [
+pub const CODES: [(&str, u16, &str); 15] = [
     (
         "bad_request",
         400,
@@ -60,7 +71,22 @@ pub const CODES: [(&str, u16, &str); 12] = [
     (
         "unauthorized",
         401,
-        "the monitoring token is missing or wrong",
+        "the API key (or the monitoring token) is missing, unknown or revoked",
+    ),
+    (
+        "forbidden",
+        403,
+        "the key may not do this (a scope it lacks, or a batch it does not own)",
+    ),
+    (
+        "rate_limited",
+        429,
+        "an owner's limit is reached (images queued, batches per minute, bytes per day); see Retry-After",
+    ),
+    (
+        "finished",
+        409,
+        "the batch has ended (or is closed) already, so this no longer applies",
     ),
     ("not_found", 404, "no batch with this id"),
     (
@@ -93,13 +119,25 @@ pub const CODES: [(&str, u16, &str); 12] = [
 ];
 
 impl AppError {
+    /// The monitor and the statistics without their token.
+    pub fn monitor_token() -> Self {
+        Self::Unauthorized(
+            "this needs the monitoring token (MONITOR_TOKEN) or an admin key, as \
+             `Authorization: Bearer <token>`"
+                .into(),
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Finished(_) => StatusCode::CONFLICT,
             Self::Gone => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,7 +154,10 @@ impl AppError {
             Self::NotFound => "not_found",
             Self::NoRoute(_) => "no_such_route",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Finished(_) => "finished",
             Self::Gone => "expired",
             Self::Conflict(_) => "not_ready",
             Self::Unavailable(_) => "unavailable",
@@ -131,6 +172,7 @@ impl AppError {
         match self {
             Self::Busy(_) => Some(5),
             Self::Unavailable(_) => Some(30),
+            Self::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
             _ => None,
         }
     }
@@ -210,7 +252,13 @@ mod tests {
             AppError::NotFound,
             AppError::NoRoute(String::new()),
             AppError::MethodNotAllowed,
-            AppError::Unauthorized,
+            AppError::Unauthorized(String::new()),
+            AppError::Forbidden(String::new()),
+            AppError::RateLimited {
+                message: String::new(),
+                retry_after: 1,
+            },
+            AppError::Finished(String::new()),
             AppError::Gone,
             AppError::Conflict(String::new()),
             AppError::Unavailable(String::new()),

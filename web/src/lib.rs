@@ -15,6 +15,7 @@ pub mod format;
 pub mod live;
 pub mod monitor;
 pub mod openapi;
+pub mod owner;
 pub mod pace;
 pub mod pages;
 pub mod preview;
@@ -129,7 +130,21 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Each request knows the connection's address (`owner::peer`): anonymous owners are
+        // told apart by it.
+        let peer = stream.peer_addr().ok();
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)

@@ -90,7 +90,7 @@ fn api_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
             .into_response(),
         ),
         Gate::Closed => {
-            let mut response = ApiError(AppError::Unauthorized).into_response();
+            let mut response = ApiError(AppError::monitor_token()).into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"monitor\""),

@@ -33,7 +33,10 @@ impl IntoResponse for PageError {
         let title = match &self.0 {
             AppError::NotFound | AppError::NoRoute(_) => "Not found",
             AppError::MethodNotAllowed => "That did not work",
-            AppError::Unauthorized => "Sign in first",
+            AppError::Unauthorized(_) => "Sign in first",
+            AppError::Forbidden(_) => "Not allowed",
+            AppError::RateLimited { .. } => "Please slow down",
+            AppError::Finished(_) => "That batch has ended",
             AppError::Gone => "This batch has expired",
             AppError::BadRequest(_) | AppError::TooLarge(_) | AppError::Timeout(_) => {
                 "That did not work"
@@ -222,11 +225,19 @@ pub async fn index(State(state): State<AppState>) -> Response {
 /// `POST /batches`: the form. Answers 303 to the waiting page, or the form again with the problem.
 pub async fn submit(
     State(state): State<AppState>,
+    crate::owner::Peer(peer): crate::owner::Peer,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let received = match multipart {
-        Ok(multipart) => upload::receive(&state, &headers, multipart).await,
+        Ok(multipart) => {
+            match crate::owner::resolve_for(&state, &headers, peer, jobs::owners::Scope::Submit)
+                .await
+            {
+                Ok(owner) => upload::receive(&state, &headers, &owner, multipart).await,
+                Err(e) => Err(e),
+            }
+        }
         Err(refused) => Err(refused.into()),
     };
     match received {
@@ -266,6 +277,7 @@ fn event_text(kind: &str) -> &str {
         "image.retried" => "to be tried again",
         "batch.archived" => "zip ready",
         "batch.failed" => "batch failed",
+        "batch.cancelled" => "cancelled",
         "batch.downloaded" => "downloaded",
         "batch.expired" => "expired, files deleted",
         "webhook.delivered" => "webhook delivered",
@@ -314,12 +326,13 @@ impl BatchPage {
 
 fn status_text(status: BatchStatus) -> &'static str {
     match status {
-        BatchStatus::Uploading => "Receiving your files…",
+        BatchStatus::Uploading | BatchStatus::Open => "Receiving your files…",
         BatchStatus::Queued => "Waiting for a worker…",
         BatchStatus::Processing => "Processing…",
         BatchStatus::Archiving => "Packing the zip…",
         BatchStatus::Done => "Ready.",
         BatchStatus::Failed => "Failed.",
+        BatchStatus::Cancelled => "Cancelled.",
         BatchStatus::Expired => "Expired.",
     }
 }

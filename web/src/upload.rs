@@ -98,9 +98,11 @@ pub struct Received {
     pub status: jobs::BatchStatus,
 }
 
+/// Receives a batch of `owner` (see [`crate::owner::resolve`]).
 pub async fn receive(
     state: &AppState,
     headers: &HeaderMap,
+    owner: &jobs::owners::Owner,
     multipart: Multipart,
 ) -> Result<Received, AppError> {
     // A body that says it is beyond the limit is refused before a byte of it is read.
@@ -129,8 +131,9 @@ pub async fn receive(
         )));
     };
     let state = state.clone();
+    let owner = owner.id;
     let upload = async move {
-        let received = receive_owned(&state, multipart).await;
+        let received = receive_owned(&state, owner, multipart).await;
         drop(slot); // after the clean-up of a refused upload, too
         received
     };
@@ -143,7 +146,11 @@ pub async fn receive(
     .map_err(|e| AppError::Internal(e.into()))?
 }
 
-async fn receive_owned(state: &AppState, mut multipart: Multipart) -> Result<Received, AppError> {
+async fn receive_owned(
+    state: &AppState,
+    owner: jobs::OwnerId,
+    mut multipart: Multipart,
+) -> Result<Received, AppError> {
     // Refuse up front, before reading a byte, when something the batch needs is down.
     let probe = state.probe().await;
     if !probe.all_up() {
@@ -157,7 +164,7 @@ async fn receive_owned(state: &AppState, mut multipart: Multipart) -> Result<Rec
     let mut created = false;
     state.uploads.add(batch);
     jobs::metrics::UPLOADS_IN_PROGRESS.inc();
-    let result = receive_into(state, batch, &mut created, &mut multipart).await;
+    let result = receive_into(state, batch, owner, &mut created, &mut multipart).await;
     jobs::metrics::UPLOADS_IN_PROGRESS.dec();
     state.uploads.remove(batch);
     if result.is_ok() {
@@ -192,6 +199,7 @@ async fn forget(state: &AppState, batch: BatchId) {
 async fn receive_into(
     state: &AppState,
     batch: BatchId,
+    owner: jobs::OwnerId,
     created: &mut bool,
     multipart: &mut Multipart,
 ) -> Result<Received, AppError> {
@@ -227,7 +235,7 @@ async fn receive_into(
                 }
                 if !*created {
                     let settled = choices.settled();
-                    db::create_batch(&state.db, batch, settled.as_ref()).await?;
+                    db::create_batch(&state.db, batch, owner, settled.as_ref()).await?;
                     *created = true;
                     if settled.is_some() {
                         recorder = Some(Recorder::start(state, batch));
@@ -256,7 +264,7 @@ async fn receive_into(
                     .map_err(|e| AppError::Internal(e.into()))?
                     .map_err(AppError::BadRequest)?;
                 if !*created {
-                    db::create_batch(&state.db, batch, None).await?;
+                    db::create_batch(&state.db, batch, owner, None).await?;
                     *created = true;
                 }
                 state

@@ -397,15 +397,17 @@ function setupUpload() {
 
 const STATUS_TEXT = {
   uploading: "Receiving your files…",
+  open: "Receiving your files…",
   queued: "Waiting for a worker…",
   processing: "Processing…",
   archiving: "Packing the zip…",
   done: "Ready.",
   failed: "Failed.",
+  cancelled: "Cancelled.",
   expired: "Expired.",
 };
 
-const isFinal = (s) => s === "done" || s === "failed" || s === "expired";
+const isFinal = (s) => s === "done" || s === "failed" || s === "cancelled" || s === "expired";
 
 function expiryText(iso) {
   if (!iso) return "";
@@ -464,6 +466,7 @@ const EVENT_TEXT = {
   "image.retried": "to be tried again",
   "batch.archived": "zip ready",
   "batch.failed": "batch failed",
+  "batch.cancelled": "cancelled",
   "batch.downloaded": "downloaded",
   "batch.expired": "expired, files deleted",
   "webhook.delivered": "webhook delivered",

@@ -132,7 +132,8 @@ async fn the_api_names_what_is_wrong_with_a_submission_and_stores_nothing() {
             header::CONTENT_TYPE,
             format!("multipart/form-data; boundary={BOUNDARY}"),
         )
-        .header(header::CONTENT_LENGTH, "600000000")
+        // Beyond MAX_BATCH_BYTES (10 GiB by default) and the framing of its files.
+        .header(header::CONTENT_LENGTH, "20000000000")
         .body(Body::empty())
         .unwrap();
     let (status, body) = answer(&app, request).await;
