@@ -29,6 +29,7 @@ mod testing;
 pub mod view;
 pub mod wake;
 pub mod webhook;
+pub mod zipfile;
 
 pub use config::Settings;
 pub use domain::{BatchId, BatchStatus, ImageId, ImageStatus, OwnerId};
