@@ -1,89 +1,301 @@
-//! Builds the zip of a batch as a stream, one entry at a time (never the whole archive in
-//! memory): every processed image under its cleaned, unique original name, plus a report of the
-//! files that failed and why. The caller takes the bytes written so far after each entry
-//! ([`ArchiveWriter::take`]) and uploads them as parts, so the archive goes to storage while
-//! the next results are fetched, with no temporary file. Entries carry data descriptors (the
-//! writer cannot seek back), which every unzip tool reads.
+//! The zip of a batch, assembled as it is downloaded: never built ahead, never stored. Every
+//! processed image goes in under its cleaned, unique original name, in the batch's order, plus a
+//! report of the files that failed and why. The sizes of the results were recorded when they were
+//! stored, so the zip's layout and length are known before its first byte ([`crate::zipfile`]),
+//! and its bytes are the results' own, read from storage a few at a time as the client takes
+//! them: a batch is ready the moment its last image is stored, the store holds each result once,
+//! and the download of a batch of any size holds only a few reads in memory.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
 
-use zip::write::{SimpleFileOptions, StreamWriter};
-use zip::{CompressionMethod, ZipWriter};
+use crate::db::{self, Db};
+use crate::domain::{keys, BatchId};
+use crate::names::{unique_entry_names, REPORT_NAME};
+use crate::pipeline::Format;
+use crate::storage::Storage;
+use crate::zipfile::{ZipEntry, ZipPlan};
+use crate::ImageStatus;
 
-use crate::names::REPORT_NAME;
+/// Results whose reads are started ahead of the one being sent.
+const READ_AHEAD: usize = 4;
 
-/// The bytes written and not yet taken.
-#[derive(Clone, Default)]
-struct Pending(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Pending {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Where the bytes of one entry come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A result in storage, of the recorded size.
+    Result { key: String },
+    /// The report of the files that failed.
+    Report(Bytes),
 }
 
-/// A zip being written as a stream.
-pub struct ArchiveWriter {
-    zip: ZipWriter<StreamWriter<Pending>>,
-    pending: Pending,
+/// A batch's zip, laid out: what goes in it and where its bytes come from.
+#[derive(Debug, Clone)]
+pub struct BatchZip {
+    plan: ZipPlan,
+    sources: Vec<Source>,
 }
 
-impl Default for ArchiveWriter {
-    fn default() -> Self {
-        Self::new()
+/// Why a zip could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ZipError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("the stored result {key} has {actual} bytes, not the {expected} recorded")]
+    Size {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("reading {key}: {message}")]
+    Read { key: String, message: String },
+}
+
+impl BatchZip {
+    /// Lays out the zip of `batch`: its done images (in order) and the report of its failures.
+    /// Entries carry the time `at` (when the batch finished).
+    pub async fn load(db: &Db, batch: BatchId, at: DateTime<Utc>) -> Result<Self, sqlx::Error> {
+        Ok(Self::from_entries(
+            batch,
+            &db::archive_entries(db, batch).await?,
+            at,
+        ))
     }
-}
 
-impl ArchiveWriter {
-    pub fn new() -> Self {
-        let pending = Pending::default();
+    /// [`BatchZip::load`] from entries already read.
+    pub fn from_entries(batch: BatchId, entries: &[db::ArchiveEntry], at: DateTime<Utc>) -> Self {
+        let done: Vec<(&db::ArchiveEntry, Format, u64)> = entries
+            .iter()
+            .filter(|e| e.status == ImageStatus::Done)
+            .filter_map(|e| {
+                let format = e.output_format.as_deref().and_then(Format::parse)?;
+                Some((e, format, e.output_bytes.unwrap_or(0).max(0) as u64))
+            })
+            .collect();
+        let failures: Vec<(String, String)> = entries
+            .iter()
+            .filter(|e| e.status == ImageStatus::Failed)
+            .map(|e| {
+                let reason = e.error.clone().unwrap_or_else(|| "unknown reason".into());
+                (e.name.clone(), reason)
+            })
+            .collect();
+        let names = unique_entry_names(done.iter().map(|(e, f, _)| (e.name.as_str(), *f)));
+        let mut zip_entries = Vec::with_capacity(done.len() + 1);
+        let mut sources = Vec::with_capacity(done.len() + 1);
+        for ((entry, format, size), name) in done.iter().zip(names) {
+            zip_entries.push(ZipEntry { name, size: *size });
+            sources.push(Source::Result {
+                key: keys::output(batch, entry.id, format.ext()),
+            });
+        }
+        if !failures.is_empty() {
+            let report = Bytes::from(report_text(&failures).into_bytes());
+            zip_entries.push(ZipEntry {
+                name: REPORT_NAME.into(),
+                size: report.len() as u64,
+            });
+            sources.push(Source::Report(report));
+        }
         Self {
-            zip: ZipWriter::new_stream(pending.clone()),
-            pending,
+            plan: ZipPlan::new(zip_entries, at),
+            sources,
         }
     }
 
-    /// Adds one image; images are compressed already, so they are stored as they are.
-    pub fn add_image(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let options = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Stored)
-            .large_file(bytes.len() as u64 >= u32::MAX as u64);
-        self.zip
-            .start_file(name, options)
-            .map_err(std::io::Error::other)?;
-        self.zip.write_all(bytes)
+    /// The zip's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.plan.len()
     }
 
-    /// Adds the report of failed files (name and reason, one per line).
-    pub fn add_report(&mut self, failures: &[(String, String)]) -> std::io::Result<()> {
-        let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-        self.zip
-            .start_file(REPORT_NAME, options)
-            .map_err(std::io::Error::other)?;
-        self.zip.write_all(report_text(failures).as_bytes())
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
     }
 
-    /// The bytes written since the last call.
-    pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut *self.pending.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Images in the zip (the report aside).
+    pub fn images(&self) -> usize {
+        self.sources
+            .iter()
+            .filter(|s| matches!(s, Source::Result { .. }))
+            .count()
     }
 
-    /// Ends the archive (the central directory); the last bytes.
-    pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        let Self { zip, pending } = self;
-        zip.finish().map_err(std::io::Error::other)?;
-        let rest = std::mem::take(&mut *pending.0.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(rest)
+    /// The zip's bytes, in order, reading the results from `storage` a few ahead of the one
+    /// being sent. The first result's read is under way before this returns, so that storage
+    /// out of reach is an error here, before anything is sent. A result missing or of another
+    /// size than recorded later ends the stream with an error (the client sees a broken
+    /// download, never a wrong zip).
+    pub async fn open(
+        self,
+        storage: Storage,
+    ) -> Result<impl Stream<Item = Result<Bytes, ZipError>> + Send, ZipError> {
+        let Self { plan, sources } = self;
+        let plan = std::sync::Arc::new(plan);
+        // Each entry's bytes: a result's read is started up to READ_AHEAD entries early (its
+        // answer's head is awaited, its body read only in turn).
+        let mut bodies = futures::stream::iter(sources)
+            .map(move |source| {
+                let storage = storage.clone();
+                async move {
+                    match source {
+                        Source::Report(bytes) => Ok::<_, ZipError>(EntryBody::Ready(bytes)),
+                        Source::Result { key } => {
+                            let (body, _) = storage.get_stream(&key).await?;
+                            Ok(EntryBody::Stored { key, body })
+                        }
+                    }
+                }
+            })
+            .buffered(READ_AHEAD)
+            .boxed()
+            .peekable();
+        if let Some(Err(_)) = std::pin::Pin::new(&mut bodies).peek().await {
+            if let Some(Err(e)) = bodies.next().await {
+                return Err(e);
+            }
+        }
+        let entries = bodies.enumerate().map({
+            let plan = plan.clone();
+            move |(i, body)| {
+                let plan = plan.clone();
+                entry_bytes(plan, i, body)
+            }
+        });
+        // Every entry's header, bytes and descriptor, each entry's CRC kept for the directory.
+        let crcs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let body = entries.flatten().map({
+            let crcs = crcs.clone();
+            move |piece| {
+                piece.map(|piece| match piece {
+                    Piece::Bytes(b) => b,
+                    Piece::Crc(crc, descriptor) => {
+                        crcs.lock().unwrap_or_else(|e| e.into_inner()).push(crc);
+                        descriptor
+                    }
+                })
+            }
+        });
+        let trailer = futures::stream::once(async move {
+            let crcs = std::mem::take(&mut *crcs.lock().unwrap_or_else(|e| e.into_inner()));
+            Ok(Bytes::from(plan.trailer(&crcs)))
+        });
+        Ok(body.chain(trailer))
     }
+}
+
+/// The body of one entry, once its read has started.
+enum EntryBody {
+    Ready(Bytes),
+    Stored {
+        key: String,
+        body: aws_sdk_s3::primitives::ByteStream,
+    },
+}
+
+/// What one entry contributes: bytes, then its descriptor with the CRC for the directory.
+enum Piece {
+    Bytes(Bytes),
+    Crc(u32, Bytes),
+}
+
+/// Entry `i`: its local header, its bytes (counted and checked against the recorded size, their
+/// CRC computed as they go), and its data descriptor.
+fn entry_bytes(
+    plan: std::sync::Arc<ZipPlan>,
+    i: usize,
+    body: Result<EntryBody, ZipError>,
+) -> impl Stream<Item = Result<Piece, ZipError>> + Send {
+    let expected = plan.entries()[i].size;
+    let header = futures::stream::once({
+        let header = Bytes::from(plan.local_header(i));
+        async move { Ok(Piece::Bytes(header)) }
+    });
+    let (key, data): (
+        String,
+        futures::stream::BoxStream<'static, Result<Bytes, ZipError>>,
+    ) = match body {
+        Err(e) => (
+            String::new(),
+            futures::stream::once(async move { Err(e) }).boxed(),
+        ),
+        Ok(EntryBody::Ready(bytes)) => (
+            REPORT_NAME.to_owned(),
+            futures::stream::once(async move { Ok(bytes) }).boxed(),
+        ),
+        Ok(EntryBody::Stored { key, body }) => {
+            let k = key.clone();
+            let chunks = futures::stream::unfold(body, |mut body| async move {
+                body.next().await.map(|chunk| (chunk, body))
+            });
+            (
+                key,
+                chunks
+                    .map_err(move |e| ZipError::Read {
+                        key: k.clone(),
+                        message: e.to_string(),
+                    })
+                    .boxed(),
+            )
+        }
+    };
+    let state = (
+        data,
+        crc32fast::Hasher::new(),
+        0u64,
+        false, // done
+    );
+    let bytes = futures::stream::unfold(state, move |(mut data, mut crc, mut seen, done)| {
+        let key = key.clone();
+        let plan = plan.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match data.next().await {
+                Some(Ok(chunk)) => {
+                    crc.update(&chunk);
+                    seen += chunk.len() as u64;
+                    if seen > expected {
+                        let e = ZipError::Size {
+                            key,
+                            expected,
+                            actual: seen,
+                        };
+                        return Some((Err(e), (data, crc, seen, true)));
+                    }
+                    Some((Ok(Piece::Bytes(chunk)), (data, crc, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (data, crc, seen, true))),
+                None if seen != expected => {
+                    let e = ZipError::Size {
+                        key,
+                        expected,
+                        actual: seen,
+                    };
+                    Some((Err(e), (data, crc, seen, true)))
+                }
+                None => {
+                    let sum = crc.clone().finalize();
+                    let descriptor = Bytes::from(plan.descriptor(i, sum));
+                    Some((Ok(Piece::Crc(sum, descriptor)), (data, crc, seen, true)))
+                }
+            }
+        }
+    });
+    header.chain(bytes)
+}
+
+/// Notes the length of a finished batch's zip (what the statistics call zip bytes).
+pub async fn note_length(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
+    let Some(row) = db::get_batch(db, batch).await? else {
+        return Ok(());
+    };
+    if row.status != crate::BatchStatus::Done {
+        return Ok(());
+    }
+    let zip = BatchZip::load(db, batch, row.finished_at.unwrap_or(row.created_at)).await?;
+    db::record_zip_length(db, batch, zip.len()).await
 }
 
 /// The text of the report of failed files.
@@ -97,40 +309,4 @@ pub fn report_text(failures: &[(String, String)]) -> String {
         text.push_str(&format!("- {name}: {reason}\r\n"));
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    #[test]
-    fn entries_and_report_come_back_out() {
-        let mut w = ArchiveWriter::new();
-        let mut out = Vec::new();
-        w.add_image("one.jpg", b"jpeg bytes").expect("add");
-        out.extend(w.take());
-        assert!(out.len() > 10, "an entry is out as soon as it is added");
-        let big = vec![7u8; 3 << 20];
-        w.add_image("two (2).png", &big).expect("add");
-        out.extend(w.take());
-        w.add_report(&[("bad.jpg".into(), "not an image".into())])
-            .expect("report");
-        out.extend(w.finish().expect("finish"));
-
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out)).expect("a zip");
-        assert_eq!(zip.len(), 3);
-        let mut s = String::new();
-        zip.by_name(REPORT_NAME)
-            .expect("report")
-            .read_to_string(&mut s)
-            .expect("read");
-        assert!(s.contains("- bad.jpg: not an image"), "{s}");
-        let mut b = Vec::new();
-        zip.by_name("two (2).png")
-            .expect("entry")
-            .read_to_end(&mut b)
-            .expect("read");
-        assert_eq!(b, big);
-    }
 }

@@ -136,20 +136,22 @@ pub async fn add_images(
 }
 
 /// Ends the upload of a batch whose images were recorded one by one: `uploading -> queued`, or
-/// `processing` when some are finished already, or `archiving` when all are. The fan-in stays
-/// exact: [`finish_image`] completes only batches past `uploading`, and this completes the
-/// batch when every image finished before the upload did. `callback_url` (checked) is where the
-/// batch's status is POSTed when it ends (`jobs::webhook`).
+/// `processing` when some are finished already, then on to `done` (or `failed`) at once when all
+/// are ([`complete`]). The fan-in stays exact: [`finish_image`] completes only batches past
+/// `uploading`, and this completes the batch when every image finished before the upload did.
+/// `callback_url` (checked) is where the batch's status is POSTed when it ends
+/// (`jobs::webhook`); `ttl` is how long its results are kept once it is done.
 pub async fn finish_upload(
     db: &Db,
     batch: BatchId,
     total: usize,
     callback_url: Option<&str>,
+    ttl: Duration,
 ) -> Result<Recorded, sqlx::Error> {
+    let mut tx = db.begin().await?;
     let status: Option<String> = sqlx::query_scalar(
         "UPDATE batches SET updated_at = now(), callback_url = $3,
-                status = CASE WHEN done_count + failed_count = total THEN 'archiving'
-                              WHEN done_count + failed_count > 0 THEN 'processing'
+                status = CASE WHEN done_count + failed_count > 0 THEN 'processing'
                               ELSE 'queued' END
          WHERE id = $1 AND status = 'uploading' AND total = $2
          RETURNING status",
@@ -157,13 +159,45 @@ pub async fn finish_upload(
     .bind(batch)
     .bind(total as i32)
     .bind(callback_url)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    let status: BatchStatus = status
+    let mut status: BatchStatus = status
         .ok_or(sqlx::Error::RowNotFound)?
         .parse()
         .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    if let Some(ended) = complete(&mut *tx, batch, ttl).await? {
+        status = ended;
+    }
+    tx.commit().await?;
     Ok(Recorded { status })
+}
+
+/// Ends a batch whose every image is done or failed (and which is no longer receiving files):
+/// `done` when at least one image was processed, else `failed` with the reason; its results are
+/// kept for `ttl`. The zip needs no building: the download assembles it from the results
+/// (`archive`). Nothing changes for a batch that is not complete: `None`.
+pub async fn complete<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    batch: BatchId,
+    ttl: Duration,
+) -> Result<Option<BatchStatus>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE batches SET status = CASE WHEN done_count > 0 THEN 'done' ELSE 'failed' END,
+                error = CASE WHEN done_count > 0 THEN error
+                             ELSE 'none of the files could be processed' END,
+                finished_at = now(), expires_at = now() + make_interval(secs => $2),
+                updated_at = now()
+         WHERE id = $1 AND status IN ('queued', 'processing', 'archiving')
+           AND done_count + failed_count = total
+         RETURNING status",
+    )
+    .bind(batch)
+    .bind(ttl.as_secs_f64())
+    .fetch_optional(executor)
+    .await?;
+    status
+        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        .transpose()
 }
 
 /// Inserts images in one statement: `pending`, or `failed` with their reason when refused.
@@ -210,39 +244,35 @@ async fn insert_images<'a>(
 /// What became of an upload once it was recorded.
 #[derive(Debug)]
 pub struct Recorded {
-    /// `queued`, `processing` (some images are finished already), or `archiving` when no image
-    /// is left to process (every file was refused, or all were processed during the upload).
+    /// `queued`, `processing` (some images are finished already), or `done` / `failed` when no
+    /// image is left to process (all were processed during the upload, or every file was
+    /// refused).
     pub status: BatchStatus,
 }
 
-/// Records every file of the upload and moves the batch `uploading -> queued` (or straight to
-/// `archiving` when every file was refused), in one transaction. `callback_url` as for
-/// [`finish_upload`].
+/// Records every file of the upload and moves the batch `uploading -> queued`, in one
+/// transaction, and on to `failed` at once when every file was refused ([`complete`]).
+/// `callback_url` and `ttl` as for [`finish_upload`].
 pub async fn record_upload(
     db: &Db,
     batch: BatchId,
     pipeline: &serde_json::Value,
     images: &[NewImage],
     callback_url: Option<&str>,
+    ttl: Duration,
 ) -> Result<Recorded, sqlx::Error> {
     let mut tx = db.begin().await?;
     let failed = images.iter().filter(|i| i.rejected.is_some()).count() as i32;
     insert_images(&mut tx, batch, images.iter().enumerate()).await?;
     let total = images.len() as i32;
-    let next = if failed == total {
-        BatchStatus::Archiving
-    } else {
-        BatchStatus::Queued
-    };
     let bytes: i64 = images.iter().map(|i| i.input_bytes).sum();
     let updated = sqlx::query(
-        "UPDATE batches SET status = $2, pipeline = $3, total = $4, failed_count = $5,
-                            callback_url = $6, bytes_in = $7, queued_at = now(),
+        "UPDATE batches SET status = 'queued', pipeline = $2, total = $3, failed_count = $4,
+                            callback_url = $5, bytes_in = $6, queued_at = now(),
                             updated_at = now()
          WHERE id = $1 AND status = 'uploading'",
     )
     .bind(batch)
-    .bind(next.as_str())
     .bind(pipeline)
     .bind(total)
     .bind(failed)
@@ -255,8 +285,12 @@ pub async fn record_upload(
         tx.rollback().await?;
         return Err(sqlx::Error::RowNotFound);
     }
+    let status = match complete(&mut *tx, batch, ttl).await? {
+        Some(ended) => ended,
+        None => BatchStatus::Queued,
+    };
     tx.commit().await?;
-    Ok(Recorded { status: next })
+    Ok(Recorded { status })
 }
 
 /// Reports progress on uploads still being received, so the reconciler leaves them alone.
@@ -397,8 +431,9 @@ pub enum ImageOutcome {
 pub enum Finished {
     /// The image was counted; its batch goes on.
     Counted,
-    /// The image was counted and was its batch's last: the caller dispatches the archive.
-    Completed(BatchId),
+    /// The image was counted and was its batch's last: the batch has ended (`done`, or `failed`
+    /// when no image could be processed).
+    Completed(BatchId, BatchStatus),
     /// The image was finished already (by an earlier attempt): nothing changed.
     Already,
     /// The image's batch is gone or ended without it (a refused upload): what this attempt
@@ -407,12 +442,15 @@ pub enum Finished {
 }
 
 /// Moves an image `pending -> done|failed` (only if it was pending and its batch is still being
-/// received or processed) and bumps its batch's counters in the same transaction.
+/// received or processed) and bumps its batch's counters in the same statement; the one that
+/// counts a batch's last image (past its upload) ends the batch, `done` (or `failed` when no
+/// image could be processed), its results kept for `ttl`.
 pub async fn finish_image(
     db: &Db,
     image: ImageId,
     outcome: &ImageOutcome,
     worker: &str,
+    ttl: Duration,
 ) -> Result<Finished, sqlx::Error> {
     let (status, error, ext, bytes, width, height) = match outcome {
         ImageOutcome::Done(p) => (
@@ -437,7 +475,8 @@ pub async fn finish_image(
         _ => (0, 1),
     };
     // One statement (one round trip, atomic as a transaction would be): the image, then its
-    // batch's counters; the update that counts the last image moves the batch to `archiving`.
+    // batch's counters; the update that counts the last image ends the batch (as `complete`
+    // does; every expression here reads the row as it was before this update).
     let row = sqlx::query(
         "WITH finished AS (
              UPDATE images i SET status = $2, error = $3, output_format = $4, output_bytes = $5,
@@ -446,14 +485,23 @@ pub async fn finish_image(
              WHERE i.id = $1 AND i.status = 'pending' AND b.id = i.batch_id
                AND b.status IN ('uploading', 'open', 'queued', 'processing')
              RETURNING i.batch_id
+         ), counted AS (
+             SELECT id, done_count + failed_count + 1 = total
+                        AND status IN ('queued', 'processing') AS last
+             FROM batches WHERE id = (SELECT batch_id FROM finished)
          )
-         UPDATE batches SET done_count = done_count + $9, failed_count = failed_count + $10,
+         UPDATE batches b SET done_count = done_count + $9, failed_count = failed_count + $10,
                 updated_at = now(),
-                status = CASE WHEN done_count + failed_count + 1 = total
-                              AND status IN ('queued', 'processing')
-                         THEN 'archiving' ELSE status END
-         WHERE id = (SELECT batch_id FROM finished)
-         RETURNING id, status = 'archiving' AND done_count + failed_count = total AS completed",
+                status = CASE WHEN NOT c.last THEN status
+                              WHEN done_count + $9 > 0 THEN 'done' ELSE 'failed' END,
+                error = CASE WHEN c.last AND done_count + $9 = 0
+                             THEN 'none of the files could be processed' ELSE error END,
+                finished_at = CASE WHEN c.last THEN now() ELSE finished_at END,
+                expires_at = CASE WHEN c.last THEN now() + make_interval(secs => $11)
+                                  ELSE expires_at END
+         FROM counted c
+         WHERE b.id = c.id
+         RETURNING b.id, c.last AS completed, b.status",
     )
     .bind(image)
     .bind(status.as_str())
@@ -465,6 +513,7 @@ pub async fn finish_image(
     .bind(worker)
     .bind(done)
     .bind(failed)
+    .bind(ttl.as_secs_f64())
     .fetch_optional(db)
     .await?;
     let Some(row) = row else {
@@ -483,13 +532,19 @@ pub async fn finish_image(
         });
     };
     Ok(if row.try_get("completed")? {
-        Finished::Completed(row.try_get("id")?)
+        let status: String = row.try_get("status")?;
+        Finished::Completed(
+            row.try_get("id")?,
+            status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        )
     } else {
         Finished::Counted
     })
 }
 
-/// An image that goes into the archive, or a failure that goes into its report.
+/// An image that goes into the zip, or a failure that goes into its report.
 #[derive(Debug, Clone, FromRow)]
 pub struct ArchiveEntry {
     pub id: ImageId,
@@ -498,11 +553,13 @@ pub struct ArchiveEntry {
     pub status: ImageStatus,
     pub error: Option<String>,
     pub output_format: Option<String>,
+    pub output_bytes: Option<i64>,
 }
 
+/// Every image of a batch, in order, as its zip lists them.
 pub async fn archive_entries(db: &Db, batch: BatchId) -> Result<Vec<ArchiveEntry>, sqlx::Error> {
     sqlx::query_as::<_, ArchiveEntry>(
-        "SELECT id, name, status, error, output_format FROM images
+        "SELECT id, name, status, error, output_format, output_bytes FROM images
          WHERE batch_id = $1 ORDER BY position",
     )
     .bind(batch)
@@ -510,24 +567,14 @@ pub async fn archive_entries(db: &Db, batch: BatchId) -> Result<Vec<ArchiveEntry
     .await
 }
 
-/// `archiving -> done`, starting the result TTL. False when the batch was not archiving.
-pub async fn mark_archived(
-    db: &Db,
-    batch: BatchId,
-    archive_bytes: i64,
-    ttl: Duration,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE batches SET status = 'done', archive_bytes = $2, finished_at = now(),
-                expires_at = now() + make_interval(secs => $3), updated_at = now()
-         WHERE id = $1 AND status = 'archiving'",
-    )
-    .bind(batch)
-    .bind(archive_bytes)
-    .bind(ttl.as_secs_f64())
-    .execute(db)
-    .await?;
-    Ok(r.rows_affected() == 1)
+/// Records the length of a finished batch's zip (the statistics' zip bytes).
+pub async fn record_zip_length(db: &Db, batch: BatchId, bytes: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE batches SET archive_bytes = $2 WHERE id = $1")
+        .bind(batch)
+        .bind(bytes as i64)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Ends a batch as `failed` with a reason (nothing could be produced), starting the TTL so the
@@ -635,20 +682,24 @@ pub async fn release_stale_images(db: &Db, stale: Duration) -> Result<u64, sqlx:
     Ok(r.rows_affected())
 }
 
-/// Batches that are complete (every image done or failed) but have had no archive for `stale`
-/// (its job was lost, or kept failing): moves them to `archiving` with no archive job, so that
-/// the next dispatch pushes one. Returns how many.
-pub async fn release_stale_archives(db: &Db, stale: Duration) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE batches SET status = 'archiving', archive_enqueued_at = NULL, updated_at = now()
-         WHERE status IN ('queued', 'processing', 'archiving')
-           AND done_count + failed_count = total
-           AND updated_at < now() - make_interval(secs => $1)",
+/// Batches whose every image is done or failed but which did not end (the statement that
+/// counted the last image ends its batch, so this finds only batches left `archiving` by an
+/// earlier version, which built the zip in a job): ends them as [`complete`] does. Returns how
+/// many.
+pub async fn complete_stuck(db: &Db, ttl: Duration) -> Result<u64, sqlx::Error> {
+    let ids: Vec<BatchId> = sqlx::query_scalar(
+        "SELECT id FROM batches
+         WHERE status IN ('queued', 'processing', 'archiving') AND done_count + failed_count = total",
     )
-    .bind(stale.as_secs_f64())
-    .execute(db)
+    .fetch_all(db)
     .await?;
-    Ok(r.rows_affected())
+    let mut n = 0;
+    for id in ids {
+        if complete(db, id, ttl).await?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Uploads that broke off (`uploading` with no progress reported for `stale`: the `web` that

@@ -47,15 +47,14 @@ pub async fn purge(db: &Db, storage: &Storage) -> Result<PurgeReport, sqlx::Erro
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub images_requeued: usize,
-    pub archives_requeued: usize,
+    pub batches_completed: usize,
     pub uploads_failed: usize,
 }
 
 /// Thresholds of the reconciler.
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileSettings {
-    /// A pending image whose job went to Redis longer ago than this is enqueued again; a complete batch without
-    /// an archive for this long gets an archive job again.
+    /// A pending image whose job went to Redis longer ago than this is enqueued again.
     pub stale_after: Duration,
     /// An upload that has not finished after this long is failed and its objects deleted.
     pub upload_stale_after: Duration,
@@ -78,12 +77,12 @@ pub async fn reconcile(
         );
     }
 
-    let archives = db::release_stale_archives(db, settings.stale_after).await?;
-    if archives > 0 {
-        report.archives_requeued = archives as usize;
+    let completed = db::complete_stuck(db, settings.result_ttl).await?;
+    if completed > 0 {
+        report.batches_completed = completed as usize;
         tracing::warn!(
-            batches = archives,
-            "handed stale archive jobs back to the dispatcher"
+            batches = completed,
+            "ended batches whose images were all finished"
         );
     }
 

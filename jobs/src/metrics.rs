@@ -102,26 +102,32 @@ pub static IMAGES_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
-/// Zips this worker built (`done`), batches it failed for lack of any result (`failed`), and
-/// attempts that will be retried (`retried`).
-pub static ARCHIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// Batches this worker ended by recording their last image: `done`, or `failed` when no image
+/// could be processed.
+pub static BATCHES_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
-        "watermark_archives_total",
-        "Archive jobs this worker ran, by outcome (done, failed: no image could be processed, \
-         retried).",
+        "watermark_batches_finished_total",
+        "Batches this worker ended by recording their last image, by outcome (done, failed: no \
+         image could be processed).",
         &["outcome"],
-        &[&["done"], &["failed"], &["retried"]],
+        &[&["done"], &["failed"]],
     )
 });
 
-/// Seconds one zip took to build and store.
-pub static ARCHIVE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram(
-        "watermark_archive_seconds",
-        "Seconds one batch's zip took to build and store.",
-        WORK_BUCKETS,
+/// Zips `web` streamed: `complete`, or `broken` (a result could not be read as recorded).
+pub static DOWNLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "watermark_downloads_total",
+        "Zips web streamed to the end (complete), or broke off because a result could not be \
+         read as recorded (broken).",
+        &["outcome"],
+        &[&["complete"], &["broken"]],
     )
 });
+
+/// Bytes of zips sent.
+pub static DOWNLOAD_BYTES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("watermark_download_bytes_total", "Bytes of zips web sent."));
 
 /// Purge runs on this worker, by outcome (`ok`, `error`).
 pub static PURGE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -295,8 +301,7 @@ pub fn touch_all() {
     LazyLock::force(&IMAGE_RETRIES);
     LazyLock::force(&IMAGE_SECONDS);
     LazyLock::force(&IMAGES_IN_FLIGHT);
-    LazyLock::force(&ARCHIVES);
-    LazyLock::force(&ARCHIVE_SECONDS);
+    LazyLock::force(&BATCHES_FINISHED);
     LazyLock::force(&PURGE_RUNS);
     LazyLock::force(&PURGED_BATCHES);
     LazyLock::force(&RECONCILE_RUNS);
@@ -305,6 +310,8 @@ pub fn touch_all() {
 
 /// Makes `web`'s metrics visible (at zero) before its first request.
 pub fn touch_web() {
+    LazyLock::force(&DOWNLOADS);
+    LazyLock::force(&DOWNLOAD_BYTES);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_SECONDS);
     LazyLock::force(&UPLOADED_BYTES);
@@ -342,7 +349,8 @@ mod tests {
             "watermark_images_finished_total{outcome=\"done\"} 1",
             "watermark_images_finished_total{outcome=\"failed\"} 0",
             "# TYPE watermark_image_processing_seconds histogram",
-            "# TYPE watermark_archive_seconds histogram",
+            "watermark_batches_finished_total{outcome=\"failed\"} 0",
+            "watermark_downloads_total{outcome=\"broken\"} 0",
             "watermark_purge_runs_total{outcome=\"ok\"} 0",
             "# HELP watermark_uploaded_bytes_total",
             "# TYPE watermark_images_in_flight gauge",

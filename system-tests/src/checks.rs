@@ -146,8 +146,8 @@ pub async fn jobs_in_redis(sys: &System) -> anyhow::Result<i64> {
     let mut conn = sys.redis_connection().await?;
     let prefix = sys.queue_prefix().to_owned();
     let mut total = 0i64;
-    for queue in ["process-image", "build-archive"] {
-        let q = format!("{prefix}:{queue}");
+    {
+        let q = format!("{prefix}:process-image");
         let active: i64 = redis::cmd("LLEN")
             .arg(format!("{q}:active"))
             .query_async(&mut conn)
@@ -187,7 +187,8 @@ pub async fn verify_redis_drained(sys: &System, limit: Duration) -> anyhow::Resu
 }
 
 /// Every object in the bucket belongs to a batch that is not over: an original of a recorded
-/// image, the output of a done image, or the zip of a done batch; and every done batch has its zip.
+/// image, the output of a done image, or a batch's logo; no zip is stored (the download
+/// assembles it from the results).
 pub async fn verify_no_orphans(sys: &System) -> anyhow::Result<()> {
     // batch, its status, image, its status, its output format
     type Row = (String, String, Option<String>, String, Option<String>);
@@ -198,13 +199,9 @@ pub async fn verify_no_orphans(sys: &System) -> anyhow::Result<()> {
     .fetch_all(&sys.db)
     .await?;
     let mut allowed = BTreeSet::new();
-    let mut zips = BTreeSet::new();
     for (batch, batch_status, image, image_status, format) in rows {
         if batch_status == "expired" {
             continue;
-        }
-        if batch_status == "done" {
-            zips.insert(format!("batches/{batch}/result.zip"));
         }
         allowed.insert(format!("batches/{batch}/logo"));
         if let Some(image) = image {
@@ -219,16 +216,8 @@ pub async fn verify_no_orphans(sys: &System) -> anyhow::Result<()> {
         }
     }
     let objects: BTreeSet<String> = sys.objects().await?.into_iter().collect();
-    let orphans: Vec<&String> = objects
-        .iter()
-        .filter(|o| !allowed.contains(*o) && !zips.contains(*o))
-        .collect();
+    let orphans: Vec<&String> = objects.iter().filter(|o| !allowed.contains(*o)).collect();
     ensure!(orphans.is_empty(), "orphaned objects: {orphans:?}");
-    let missing: Vec<&String> = zips.difference(&objects).collect();
-    ensure!(
-        missing.is_empty(),
-        "done batches without their zip: {missing:?}"
-    );
     let uploads = sys.storage.abort_uploads("").await?;
     ensure!(
         uploads == 0,

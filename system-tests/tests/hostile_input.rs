@@ -1284,8 +1284,8 @@ async fn limits_answer_413_or_fail_the_file_and_leave_nothing_of_the_refused_par
     );
     assert_eq!(
         objects.len(),
-        5,
-        "two originals, two results, one zip: {objects:?}"
+        4,
+        "two originals and two results (no zip is stored): {objects:?}"
     );
     let (_, zip) = sys.download(&id).await.unwrap();
     let names: Vec<String> = unzip(&zip).into_iter().map(|(n, _)| n).collect();

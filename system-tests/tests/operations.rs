@@ -82,21 +82,53 @@ async fn metrics_stats_and_the_monitor_follow_a_batch() {
     assert!(web.contains("# TYPE watermark_http_request_seconds histogram"));
     assert!(sample(&web, "process_resident_memory_bytes").is_some_and(|b| b > 0.0));
 
-    // The worker: images by outcome, their times, the archive.
+    // The worker: images by outcome, their times, the batch it ended.
     let (code, worker) = text(&sys.http, &format!("http://127.0.0.1:{health}/metrics")).await;
     assert_eq!(code, 200);
     for (name, want) in [
         (r#"watermark_images_finished_total{outcome="done"}"#, 2.0),
         (r#"watermark_images_finished_total{outcome="failed"}"#, 1.0),
         ("watermark_image_processing_seconds_count", 3.0),
-        (r#"watermark_archives_total{outcome="done"}"#, 1.0),
-        ("watermark_archive_seconds_count", 1.0),
+        (r#"watermark_batches_finished_total{outcome="done"}"#, 1.0),
+        (r#"watermark_batches_finished_total{outcome="failed"}"#, 0.0),
         ("watermark_images_in_flight", 0.0),
     ] {
         assert_eq!(sample(&worker, name), Some(want), "{name} in:\n{worker}");
     }
 
-    // The statistics: refused without the token, right with it.
+    // web streams the zip, assembled from the results, and counts it.
+    let (code, zip) = sys.download(&id).await.expect("downloads");
+    assert_eq!(code, 200);
+    let (_, web) = text(&sys.http, &sys.url("/metrics")).await;
+    assert_eq!(
+        sample(&web, r#"watermark_downloads_total{outcome="complete"}"#),
+        Some(1.0),
+        "{web}"
+    );
+    assert_eq!(
+        sample(&web, "watermark_download_bytes_total"),
+        Some(zip.len() as f64)
+    );
+
+    // The statistics: refused without the token, right with it. (The zip's length is noted by
+    // the worker just after the batch ends: wait for it.)
+    let noted = Instant::now();
+    while sys
+        .count("SELECT count(*) FROM batches WHERE archive_bytes IS NULL")
+        .await
+        > 0
+    {
+        assert!(
+            noted.elapsed() < Duration::from_secs(10),
+            "the zip's length was never noted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sys.count("SELECT archive_bytes FROM batches").await,
+        zip.len() as i64,
+        "the length noted is the zip's"
+    );
     let stats_url = sys.url("/api/stats");
     let res = sys.http.get(&stats_url).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 401);

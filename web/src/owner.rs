@@ -51,6 +51,19 @@ pub fn client_address(state: &AppState, headers: &HeaderMap, peer: IpAddr) -> Ip
     owners::client_address(peer, forwarded, &state.settings.trusted_proxies.0)
 }
 
+/// A database error while finding the owner: with Postgres away, nothing was accepted.
+fn unavailable(e: sqlx::Error) -> AppError {
+    if jobs::db::is_retryable(&e) {
+        tracing::warn!(error = %e, "Postgres unavailable");
+        return AppError::Unavailable(
+            "Postgres is unavailable right now, so nothing was accepted; please try again in a \
+             minute"
+                .into(),
+        );
+    }
+    e.into()
+}
+
 /// The owner a request acts for: its key's, else its address's (when anonymous submissions are
 /// allowed). A key that is unknown or revoked is refused, never taken for anonymous.
 pub async fn resolve(
@@ -59,7 +72,7 @@ pub async fn resolve(
     peer: IpAddr,
 ) -> Result<Owner, AppError> {
     if let Some(key) = bearer(headers) {
-        return match owners::by_key(&state.db, key).await? {
+        return match owners::by_key(&state.db, key).await.map_err(unavailable)? {
             KeyLookup::Valid(owner) => Ok(owner),
             KeyLookup::Revoked => Err(AppError::Unauthorized(
                 "this API key has been revoked; ask the operator for a new one".into(),
@@ -77,7 +90,9 @@ pub async fn resolve(
         ));
     }
     let address = owners::client_key(client_address(state, headers, peer));
-    Ok(owners::by_address(&state.db, &address).await?)
+    owners::by_address(&state.db, &address)
+        .await
+        .map_err(unavailable)
 }
 
 /// [`resolve`], then checks that the owner may do what `scope` allows.

@@ -7,6 +7,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
+use futures::StreamExt;
 
 use jobs::pipeline::Format;
 use jobs::tasks::{ParamKind, REGISTRY};
@@ -377,6 +378,8 @@ pub async fn download(
     }
 }
 
+/// The zip, assembled from the batch's results as it is sent (`jobs::archive`): its length is
+/// known ahead, and only a few results are read ahead of the one being sent.
 async fn stream_archive(state: &AppState, id: &str) -> Result<Response, AppError> {
     let view = load_view(state, id).await?;
     if view.status != BatchStatus::Done {
@@ -385,21 +388,42 @@ async fn stream_archive(state: &AppState, id: &str) -> Result<Response, AppError
             view.status
         )));
     }
-    let (body, len) = state
-        .storage
-        .get_stream(&jobs::domain::keys::archive(view.id))
-        .await
-        .map_err(|e| {
-            if e.is_not_found() {
-                AppError::Gone
-            } else {
-                e.into()
-            }
-        })?;
+    let at = view.finished_at.unwrap_or(view.created_at);
+    let zip = jobs::archive::BatchZip::load(&state.db, view.id, at).await?;
+    let len = zip.len();
+    let stream = zip.open(state.storage.clone()).await.map_err(|e| match e {
+        jobs::archive::ZipError::Storage(e) if e.is_not_found() => AppError::Internal(
+            anyhow::anyhow!("a result of batch {} is missing: {e}", view.id),
+        ),
+        jobs::archive::ZipError::Storage(e) => e.into(),
+        other => AppError::Internal(other.into()),
+    })?;
     if let Err(e) = jobs::db::record_event(&state.db, view.id, "batch.downloaded", None).await {
         tracing::warn!(batch = %view.id, error = %e, "could not record a download");
     }
-    let stream = tokio_util::io::ReaderStream::new(body.into_async_read());
+    let batch = view.id;
+    let mut sent = 0u64;
+    let stream = stream.map(move |piece| match piece {
+        Ok(bytes) => {
+            sent += bytes.len() as u64;
+            jobs::metrics::DOWNLOAD_BYTES.inc_by(bytes.len() as u64);
+            if sent == len {
+                jobs::metrics::DOWNLOADS
+                    .with_label_values(&["complete"])
+                    .inc();
+            }
+            Ok(bytes)
+        }
+        Err(e) => {
+            // The client sees the download break off (fewer bytes than its length), never a
+            // wrong zip.
+            tracing::error!(%batch, error = %e, "a zip broke off");
+            jobs::metrics::DOWNLOADS
+                .with_label_values(&["broken"])
+                .inc();
+            Err(std::io::Error::other(e.to_string()))
+        }
+    });
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -412,9 +436,7 @@ async fn stream_archive(state: &AppState, id: &str) -> Result<Response, AppError
     {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    if let Some(len) = len {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),

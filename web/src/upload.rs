@@ -293,10 +293,25 @@ async fn receive_into(
     let streamed = recorder.is_some();
     let recorded = if let Some(recorder) = recorder {
         recorder.finish().await?;
-        db::finish_upload(&state.db, batch, files.len(), callback.as_deref()).await?
+        db::finish_upload(
+            &state.db,
+            batch,
+            files.len(),
+            callback.as_deref(),
+            settings.result_ttl(),
+        )
+        .await?
     } else {
         let pipeline = choices.resolve()?.to_json();
-        db::record_upload(&state.db, batch, &pipeline, &files, callback.as_deref()).await?
+        db::record_upload(
+            &state.db,
+            batch,
+            &pipeline,
+            &files,
+            callback.as_deref(),
+            settings.result_ttl(),
+        )
+        .await?
     };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
     // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one

@@ -22,9 +22,8 @@ pub struct Ctx {
     pub pool: Arc<Pool>,
     /// The uploaded logos of the batches seen last, so that each is fetched once.
     pub logos: Arc<LogoCache>,
-    /// Wake-ups of this worker's image and archive queue workers (`jobs::wake`).
+    /// Wake-ups of this worker's image queue workers (`jobs::wake`).
     pub wake_images: jobs::wake::Wake,
-    pub wake_archives: jobs::wake::Wake,
     /// The images this worker is processing right now, handed back to the dispatcher should
     /// the worker stop before it finishes them.
     pub in_hand: jobs::InProgress<jobs::ImageId>,

@@ -1,15 +1,15 @@
-//! The two job handlers and the apalis monitor that runs them.
+//! The image job's handler and the apalis monitor that runs it. A batch needs no archive job:
+//! the statement that records its last image ends it, and its zip is assembled from the results
+//! when it is downloaded (`jobs::archive`).
 
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
-use futures::{StreamExt, TryStreamExt};
 use jobs::db::{self, ImageOutcome};
 use jobs::domain::keys;
 use jobs::metrics;
-use jobs::names::unique_entry_names;
 use jobs::pipeline::Format;
-use jobs::queue::{BuildArchive, ProcessImage, PAYLOAD_VERSION};
+use jobs::queue::{ProcessImage, PAYLOAD_VERSION};
 
 pub use crate::ctx::Ctx;
 use crate::isolate::{Outcome, Request};
@@ -32,10 +32,7 @@ impl Held {
 
 type JobResult = Result<(), BoxDynError>;
 
-/// Results fetched at once while a zip is built.
-const ARCHIVE_FETCHES: usize = 8;
-
-/// Runs both queues under one monitor until `signal`, restarting a worker that dies (a Redis
+/// Runs the image queue under a monitor until `signal`, restarting a worker that dies (a Redis
 /// restart, say) under a fresh name.
 pub async fn run_monitor(
     ctx: Ctx,
@@ -47,8 +44,6 @@ pub async fn run_monitor(
 ) -> anyhow::Result<()> {
     let image_ctx = ctx.clone();
     let image_name = format!("{name}-images");
-    let archive_ctx = ctx.clone();
-    let archive_name = format!("{name}-archives");
     let monitor = Monitor::new()
         .register(move |run| {
             // Polled at `poll`, and woken at once by new jobs and by a finished one.
@@ -60,15 +55,6 @@ pub async fn run_monitor(
                 .concurrency(concurrency)
                 .data(image_ctx.clone())
                 .build(process_image)
-        })
-        .register(move |run| {
-            let strategy = Strategy::new()
-                .stream(archive_ctx.wake_archives.stream())
-                .interval(poll);
-            WorkerBuilder::new(format!("{archive_name}-{run}"))
-                .backend(PollWith::new(archive_ctx.queues.archive_backend(), strategy))
-                .data(archive_ctx.clone())
-                .build(build_archive)
         })
         .should_restart(|worker, error| {
             let restarts = worker.restarts();
@@ -216,8 +202,12 @@ async fn run_pipeline(
 
 async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResult {
     let image = job.image;
-    let finished = db::finish_image(&ctx.db, image, &outcome, &ctx.worker).await?;
-    if matches!(finished, db::Finished::Counted | db::Finished::Completed(_)) {
+    let ttl = ctx.settings.result_ttl();
+    let finished = db::finish_image(&ctx.db, image, &outcome, &ctx.worker, ttl).await?;
+    if matches!(
+        finished,
+        db::Finished::Counted | db::Finished::Completed(..)
+    ) {
         let label = match outcome {
             ImageOutcome::Done(_) => "done",
             ImageOutcome::Failed { .. } => "failed",
@@ -225,12 +215,20 @@ async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResu
         metrics::IMAGES_FINISHED.with_label_values(&[label]).inc();
     }
     match finished {
-        db::Finished::Completed(batch) => {
-            // The last image of the batch: its archive job goes out now. Should that fail, the
-            // batch waits in Postgres and the next dispatch sends it.
-            let window = ctx.settings.dispatch_window;
-            if let Err(e) = jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
-                tracing::warn!(%batch, error = %e, "could not dispatch the archive now; the dispatcher will");
+        db::Finished::Completed(batch, status) => {
+            // The last image of the batch: it has ended, and its link works now. The length of
+            // its zip is noted for the statistics, off the image's path.
+            metrics::BATCHES_FINISHED
+                .with_label_values(&[status.as_str()])
+                .inc();
+            tracing::info!(%batch, %status, "batch finished");
+            if status == jobs::BatchStatus::Done {
+                let db = ctx.db.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = jobs::archive::note_length(&db, batch).await {
+                        tracing::debug!(%batch, error = %e, "could not note the zip's length");
+                    }
+                });
             }
         }
         db::Finished::Abandoned => {
@@ -245,116 +243,6 @@ async fn finish(ctx: &Ctx, job: &ProcessImage, outcome: ImageOutcome) -> JobResu
             }
         }
         db::Finished::Counted | db::Finished::Already => {}
-    }
-    Ok(())
-}
-
-/// Streams the zip of `results` (named `names`, in order) and the report of `failures` into
-/// `upload`.
-async fn write_archive(
-    mut results: impl futures::Stream<Item = Result<bytes::Bytes, jobs::storage::StorageError>> + Unpin,
-    names: &[String],
-    failures: &[(String, String)],
-    upload: &mut jobs::storage::Upload,
-) -> JobResult {
-    let mut zip = jobs::archive::ArchiveWriter::new();
-    let mut names = names.iter();
-    while let Some(bytes) = results.try_next().await? {
-        let name = names.next().expect("one name per result");
-        zip.add_image(name, &bytes)?;
-        upload.push(&zip.take()).await?;
-    }
-    if !failures.is_empty() {
-        zip.add_report(failures)?;
-    }
-    upload.push(&zip.finish()?).await?;
-    Ok(())
-}
-
-/// Builds the zip of a complete batch, stores it, and marks the batch done (or failed, when no
-/// image could be processed). Running it twice is harmless.
-pub async fn build_archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
-    let batch = job.batch;
-    archive(job, ctx).await.inspect_err(|e| {
-        metrics::ARCHIVES.with_label_values(&["retried"]).inc();
-        tracing::warn!(%batch, error = %e, "building the archive failed; it will be retried");
-    })
-}
-
-async fn archive(job: BuildArchive, ctx: Data<Ctx>) -> JobResult {
-    if job.v != PAYLOAD_VERSION {
-        tracing::error!(
-            version = job.v,
-            "dropping a BuildArchive job of an unknown payload version"
-        );
-        return Ok(());
-    }
-    let batch = job.batch;
-    let Some(row) = db::get_batch(&ctx.db, batch).await? else {
-        return Ok(());
-    };
-    if row.status != jobs::BatchStatus::Archiving {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let entries = db::archive_entries(&ctx.db, batch).await?;
-    let done: Vec<_> = entries
-        .iter()
-        .filter_map(|e| {
-            let format = e.output_format.as_deref().and_then(Format::parse)?;
-            (e.status == jobs::ImageStatus::Done).then_some((e, format))
-        })
-        .collect();
-    let failures: Vec<(String, String)> = entries
-        .iter()
-        .filter(|e| e.status == jobs::ImageStatus::Failed)
-        .map(|e| {
-            (
-                e.name.clone(),
-                e.error.clone().unwrap_or_else(|| "unknown reason".into()),
-            )
-        })
-        .collect();
-    let ttl = ctx.settings.result_ttl();
-    if done.is_empty() {
-        if db::mark_failed(&ctx.db, batch, "none of the files could be processed", ttl).await? {
-            metrics::ARCHIVES.with_label_values(&["failed"]).inc();
-        }
-        tracing::info!(%batch, "batch failed: no file could be processed");
-        return Ok(());
-    }
-
-    let names = unique_entry_names(done.iter().map(|(e, f)| (e.name.as_str(), *f)));
-    // Results are fetched several at a time, in order, while the zip takes them one by one and
-    // goes to storage in parts as it grows: no temporary file, at most three parts in memory.
-    let keys: Vec<String> = done
-        .iter()
-        .map(|(entry, format)| keys::output(batch, entry.id, format.ext()))
-        .collect();
-    let storage = ctx.storage.clone();
-    let fetched = futures::stream::iter(keys)
-        .map(move |key| {
-            let storage = storage.clone();
-            async move { storage.get(&key).await }
-        })
-        .buffered(ARCHIVE_FETCHES);
-    // The smallest parts, so that the first goes up while the rest is still being fetched.
-    let mut upload = ctx
-        .storage
-        .upload(keys::archive(batch), "application/zip")
-        .part_size(jobs::storage::MIN_PART_SIZE);
-    let bytes = match write_archive(fetched, &names, &failures, &mut upload).await {
-        Ok(()) => upload.finish().await?,
-        Err(e) => {
-            upload.abort().await;
-            return Err(e);
-        }
-    };
-    if db::mark_archived(&ctx.db, batch, bytes as i64, ttl).await? {
-        metrics::ARCHIVES.with_label_values(&["done"]).inc();
-        metrics::ARCHIVE_SECONDS.observe(started.elapsed().as_secs_f64());
-        tracing::info!(%batch, images = done.len(), failed = failures.len(), bytes,
-            ms = started.elapsed().as_millis() as u64, "batch archived");
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The worker: runs `ProcessImage` and `BuildArchive` jobs from Redis, the purge and
-//! reconciler cron jobs, and sends webhooks. Start as many as you like, on any host; they share
+//! The worker: runs `ProcessImage` jobs from Redis, the purge and reconciler cron jobs, and
+//! sends webhooks. Start as many as you like, on any host; they share
 //! the work. `main.rs` parses the settings and calls [`run`] (or [`apply::main`], or an image
 //! child's loop).
 
@@ -54,7 +54,7 @@ pub struct Cli {
     pub reconcile_schedule: String,
 
     /// A pending image whose job is older than this many seconds is enqueued again (Redis lost
-    /// it, or its worker died); a complete batch without a zip for this long gets its archive job again.
+    /// it, or its worker died).
     #[arg(long, env = "RECONCILE_AFTER_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_after_seconds: u64,
 
@@ -143,7 +143,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         )),
         logos: Arc::default(),
         wake_images: jobs::wake::Wake::default(),
-        wake_archives: jobs::wake::Wake::default(),
         in_hand: jobs::InProgress::default(),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
@@ -157,19 +156,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let poll = Duration::from_millis(cli.poll_interval_ms);
     let dispatcher = tokio::spawn(dispatcher::run(ctx.clone(), poll));
     let listener = {
-        let (images, archives) = (ctx.wake_images.clone(), ctx.wake_archives.clone());
-        let (image_queue, archive_queue) = (
-            jobs::queue::image_queue(&settings.queue_prefix),
-            jobs::queue::archive_queue(&settings.queue_prefix),
-        );
+        let images = ctx.wake_images.clone();
+        let image_queue = jobs::queue::image_queue(&settings.queue_prefix);
         tokio::spawn(jobs::wake::listen(
             settings.redis_url().to_owned(),
             settings.queue_prefix.clone(),
             move |queue| {
                 if queue == image_queue {
                     images.signal();
-                } else if queue == archive_queue {
-                    archives.signal();
                 }
             },
         ))
