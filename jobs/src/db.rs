@@ -8,6 +8,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 
 use crate::domain::{BatchId, BatchStatus, ImageId, ImageStatus, OwnerId};
+use crate::owners::{LimitHit, Quota};
 
 pub type Db = PgPool;
 
@@ -91,6 +92,34 @@ pub async fn create_batch(
     owner: OwnerId,
     pipeline: Option<&serde_json::Value>,
 ) -> Result<(), sqlx::Error> {
+    insert_batch(db, id, owner, pipeline).await
+}
+
+/// [`create_batch`] within the owner's `quota`: under its lock, the batch is made only when the
+/// owner may make one more (batches per minute); otherwise nothing is written and the limit hit
+/// is returned.
+pub async fn create_batch_within(
+    db: &Db,
+    id: BatchId,
+    quota: &Quota,
+    pipeline: Option<&serde_json::Value>,
+) -> Result<Result<(), LimitHit>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    if let Err(hit) = quota.new_batch(&mut tx).await? {
+        tx.rollback().await?;
+        return Ok(Err(hit));
+    }
+    insert_batch(&mut *tx, id, quota.owner, pipeline).await?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
+async fn insert_batch<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    id: BatchId,
+    owner: OwnerId,
+    pipeline: Option<&serde_json::Value>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO batches (id, status, owner_id, pipeline, queued_at)
          VALUES ($1, 'uploading', $2, $3, CASE WHEN $4 THEN now() END)",
@@ -99,9 +128,17 @@ pub async fn create_batch(
     .bind(owner)
     .bind(pipeline.unwrap_or(&serde_json::Value::Null))
     .bind(pipeline.is_some())
-    .execute(db)
+    .execute(executor)
     .await?;
     Ok(())
+}
+
+/// What files add to an owner's usage: the images to process (refused files are not) and the
+/// bytes received (all of them).
+fn adds<'a>(images: impl Iterator<Item = &'a NewImage>) -> (i64, i64) {
+    images.fold((0, 0), |(n, bytes), i| {
+        (n + i64::from(i.rejected.is_none()), bytes + i.input_bytes)
+    })
 }
 
 /// Records stored (or refused) files of a batch still uploading, each at its position, and
@@ -112,7 +149,28 @@ pub async fn add_images(
     batch: BatchId,
     images: &[(usize, NewImage)],
 ) -> Result<(), sqlx::Error> {
+    add_images_within(db, batch, images, None)
+        .await?
+        .map_err(|hit| sqlx::Error::Protocol(format!("no quota, yet {hit:?}")))
+}
+
+/// [`add_images`], within the owner's `quota` when there is one: under its lock, the images are
+/// recorded only when the owner may have them queued and may send their bytes; otherwise
+/// nothing is written and the limit hit is returned.
+pub async fn add_images_within(
+    db: &Db,
+    batch: BatchId,
+    images: &[(usize, NewImage)],
+    quota: Option<&Quota>,
+) -> Result<Result<(), LimitHit>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    if let Some(quota) = quota {
+        let (adding, bytes) = adds(images.iter().map(|(_, i)| i));
+        if let Err(hit) = quota.adding(&mut tx, adding, bytes).await? {
+            tx.rollback().await?;
+            return Ok(Err(hit));
+        }
+    }
     insert_images(&mut tx, batch, images.iter().map(|(p, i)| (*p, i))).await?;
     let refused = images.iter().filter(|(_, i)| i.rejected.is_some()).count();
     let bytes: i64 = images.iter().map(|(_, i)| i.input_bytes).sum();
@@ -132,7 +190,8 @@ pub async fn add_images(
         tx.rollback().await?;
         return Err(sqlx::Error::RowNotFound);
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(Ok(()))
 }
 
 /// Ends the upload of a batch whose images were recorded one by one: `uploading -> queued`, or
@@ -261,7 +320,31 @@ pub async fn record_upload(
     callback_url: Option<&str>,
     ttl: Duration,
 ) -> Result<Recorded, sqlx::Error> {
+    record_upload_within(db, batch, pipeline, images, callback_url, ttl, None)
+        .await?
+        .map_err(|hit| sqlx::Error::Protocol(format!("no quota, yet {hit:?}")))
+}
+
+/// [`record_upload`], within the owner's `quota` when there is one: under its lock, the files
+/// are recorded only when the owner may have their images queued and may send their bytes;
+/// otherwise nothing is written and the limit hit is returned.
+pub async fn record_upload_within(
+    db: &Db,
+    batch: BatchId,
+    pipeline: &serde_json::Value,
+    images: &[NewImage],
+    callback_url: Option<&str>,
+    ttl: Duration,
+    quota: Option<&Quota>,
+) -> Result<Result<Recorded, LimitHit>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    if let Some(quota) = quota {
+        let (adding, bytes) = adds(images.iter());
+        if let Err(hit) = quota.adding(&mut tx, adding, bytes).await? {
+            tx.rollback().await?;
+            return Ok(Err(hit));
+        }
+    }
     let failed = images.iter().filter(|i| i.rejected.is_some()).count() as i32;
     insert_images(&mut tx, batch, images.iter().enumerate()).await?;
     let total = images.len() as i32;
@@ -290,7 +373,7 @@ pub async fn record_upload(
         None => BatchStatus::Queued,
     };
     tx.commit().await?;
-    Ok(Recorded { status })
+    Ok(Ok(Recorded { status }))
 }
 
 /// Reports progress on uploads still being received, so the reconciler leaves them alone.

@@ -255,6 +255,48 @@ pub async fn lock(
     Ok(())
 }
 
+/// An owner's limits as they are enforced: checked under the owner's [`lock`], in the
+/// transaction that makes the batch or records its files, so that requests racing each other
+/// cannot together go beyond them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub owner: OwnerId,
+    pub limits: Limits,
+}
+
+impl Quota {
+    /// The quota of `owner`, with the server's defaults where it has no limit of its own.
+    pub fn of(owner: &Owner, settings: &crate::Settings) -> Self {
+        Self {
+            owner: owner.id,
+            limits: owner.limits.resolve(settings),
+        }
+    }
+
+    /// Takes the owner's lock in `tx` and checks that it may make one more batch.
+    pub async fn new_batch(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<Result<(), LimitHit>, sqlx::Error> {
+        lock(tx, self.owner).await?;
+        let used = usage(&mut **tx, self.owner).await?;
+        Ok(self.limits.check_new_batch(&used))
+    }
+
+    /// Takes the owner's lock in `tx` and checks that it may have `images` more images to
+    /// process and send `bytes` more bytes of files.
+    pub async fn adding(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        images: i64,
+        bytes: i64,
+    ) -> Result<Result<(), LimitHit>, sqlx::Error> {
+        lock(tx, self.owner).await?;
+        let used = usage(&mut **tx, self.owner).await?;
+        Ok(self.limits.check_adding(&used, images, bytes))
+    }
+}
+
 /// A limit an owner reached, with what to tell it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitHit {
@@ -317,6 +359,18 @@ impl Limits {
                 limit: self.max_batches_per_minute,
                 retry_after: seconds_until(usage.now, usage.oldest_in_minute, 60),
             });
+        }
+        Ok(())
+    }
+
+    /// `images` more images to process and `bytes` more bytes of files (each checked only when
+    /// something is added, so that a lowered limit does not refuse what adds nothing).
+    pub fn check_adding(&self, usage: &Usage, images: i64, bytes: i64) -> Result<(), LimitHit> {
+        if images > 0 {
+            self.check_images(usage, images)?;
+        }
+        if bytes > 0 {
+            self.check_bytes(usage, bytes)?;
         }
         Ok(())
     }

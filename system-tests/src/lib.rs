@@ -254,6 +254,9 @@ impl System {
         vars.insert("QUEUE_PREFIX".into(), format!("t{unique}"));
         vars.insert("POLL_INTERVAL_MS".into(), "100".into());
         vars.insert("RUST_LOG".into(), "info,worker=debug".into());
+        // Tests send many batches from one address; the owner limits have tests of their own
+        // (`tests/owners.rs`), which set them low.
+        vars.insert("OWNER_MAX_BATCHES_PER_MINUTE".into(), "100000".into());
         for (k, v) in &options.env {
             vars.insert(k.clone(), v.clone());
         }

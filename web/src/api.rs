@@ -97,13 +97,17 @@ pub struct Submitted {
     path = "/api/batches",
     tag = "batches",
     summary = "Submit a batch of images",
-    description = "Multipart: `files` (one or more images), and optionally the processing (`pipeline`, or the form's `task` and `<task>.<param>` fields), a `logo` and a `callback_url`. When `pipeline` (and `logo`) come before the first file, each file is processed as soon as it is stored; sent after files already being processed they are refused (`400`). A refused or broken upload leaves nothing behind.",
+    description = "Multipart: `files` (one or more images), and optionally the processing (`pipeline`, or the form's `task` and `<task>.<param>` fields), a `logo` and a `callback_url`. When `pipeline` (and `logo`) come before the first file, each file is processed as soon as it is stored; sent after files already being processed they are refused (`400`). A refused or broken upload leaves nothing behind. Send an API key as `Authorization: Bearer <key>` (scope `submit`); without one the batch belongs to the client address, when the server takes anonymous submissions (`ANONYMOUS`). The owner's limits (images queued, batches per minute, bytes per day) are checked as the upload arrives: over one, `429 rate_limited` with `Retry-After`.",
     request_body(content = crate::openapi::BatchForm, content_type = "multipart/form-data"),
+    security((), ("api key" = [])),
     responses(
         (status = 202, description = "The batch is stored and queued", body = Submitted),
         (status = 400, description = "A bad pipeline, logo, callback_url or file field (`bad_request`)", body = ErrorBody),
         (status = 408, description = "The upload came too slowly (`too_slow`)", body = ErrorBody),
+        (status = 401, description = "An unknown or revoked key, or no key when the server takes none without (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The key lacks the `submit` scope (`forbidden`)", body = ErrorBody),
         (status = 413, description = "A file, the batch or the choices are over a limit (`too_large`)", body = ErrorBody),
+        (status = 429, description = "Over one of the owner's limits: images queued, batches per minute or bytes per day (`rate_limited`); nothing of the upload is kept", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which the request may succeed"))),
         (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
         (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
     )
@@ -167,6 +171,70 @@ pub async fn status(
     ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<BatchView>, ApiError> {
     Ok(Json(load_view_with(&state, &id, query.images).await?))
+}
+
+/// Who asked, in the answer to `GET /api/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageOwner {
+    /// `key` (an API key) or `address` (anonymous, by client address).
+    pub kind: jobs::owners::OwnerKind,
+    /// The key's label (empty for an anonymous owner).
+    pub label: String,
+    /// The key's visible prefix (`wm_1a2b3c4d`); never the key itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// An anonymous owner's client address (an IPv6 client by its /64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The owner's share of the workers against other owners.
+    pub weight: f32,
+}
+
+/// The answer to `GET /api/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageAnswer {
+    pub owner: UsageOwner,
+    pub usage: jobs::owners::Usage,
+    /// The owner's limits (its own, else the server's defaults).
+    pub limits: jobs::owners::Limits,
+}
+
+/// `GET /api/usage`: what the owner of the request (its key, or its client address) has used,
+/// against its limits.
+#[utoipa::path(
+    get,
+    path = "/api/usage",
+    tag = "batches",
+    summary = "What you have used, and your limits",
+    description = "The owner of the request (the API key sent as `Authorization: Bearer <key>`, or, without one and when the server takes anonymous submissions, the client address), what it has used as its limits count it, and those limits. Images queued count the images of its batches not yet finished; batches count over the last minute and bytes over the last 24 hours, each by the time its batch was created. Needs the `read` scope.",
+    security((), ("api key" = [])),
+    responses(
+        (status = 200, description = "The owner, its usage and its limits", body = UsageAnswer),
+        (status = 401, description = "An unknown or revoked key, or no key when the server takes none without (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "A dependency is down (`unavailable`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
+    )
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Json<UsageAnswer>, ApiError> {
+    let owner = crate::owner::resolve_for(&state, &headers, peer, Scope::Read).await?;
+    let used = jobs::owners::usage(&state.db, owner.id).await?;
+    let key = owner.kind == jobs::owners::OwnerKind::Key;
+    Ok(Json(UsageAnswer {
+        limits: owner.limits.resolve(&state.settings),
+        owner: UsageOwner {
+            kind: owner.kind,
+            label: owner.label,
+            prefix: key.then(|| owner.name.clone()),
+            address: (!key).then_some(owner.name),
+            weight: owner.weight,
+        },
+        usage: used,
+    }))
 }
 
 /// The answer to `GET /api/tasks`.

@@ -215,6 +215,16 @@ impl From<axum::extract::rejection::PathRejection> for AppError {
     }
 }
 
+/// An owner's limit reached: `429 rate_limited`, with `Retry-After`.
+impl From<jobs::owners::LimitHit> for AppError {
+    fn from(hit: jobs::owners::LimitHit) -> Self {
+        Self::RateLimited {
+            message: hit.message(),
+            retry_after: hit.retry_after(),
+        }
+    }
+}
+
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         match e {

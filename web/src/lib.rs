@@ -12,6 +12,7 @@ pub mod chart;
 pub mod choices;
 pub mod error;
 pub mod format;
+pub mod keys;
 pub mod live;
 pub mod monitor;
 pub mod openapi;
@@ -49,11 +50,18 @@ pub struct Cli {
     /// Create the S3 bucket at start when it does not exist.
     #[arg(long, env = "S3_CREATE_BUCKET", default_value_t = false, action = clap::ArgAction::Set)]
     pub s3_create_bucket: bool,
+
+    /// Without a command, `web` serves.
+    #[command(subcommand)]
+    pub command: Option<keys::Command>,
 }
 
 /// Connects to Postgres, Redis and S3 (waiting for them), listens, prints `web listening on
 /// http://…` on stdout for scripts and tests, and serves until SIGTERM or Ctrl-C.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(keys::Command::Keys(command)) = cli.command {
+        return keys::run(&cli.settings, command).await;
+    }
     return_large_buffers();
     jobs::metrics::touch_web();
     let state = AppState::connect(cli.settings.clone()).await?;

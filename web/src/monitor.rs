@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use jobs::owners::{self, KeyLookup};
 use jobs::stats::{self, Snapshot, Stats};
 
 use crate::api::{ApiError, ApiQuery};
@@ -56,11 +57,8 @@ fn gate(state: &AppState, headers: &HeaderMap) -> Gate {
         return Gate::Off;
     };
     let token = token.expose_secret();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|presented| same(presented.trim(), token)) {
+    let bearer = crate::owner::bearer(headers);
+    if bearer.is_some_and(|presented| same(presented, token)) {
         return Gate::Open;
     }
     let session = session_value(token);
@@ -78,10 +76,28 @@ fn gate(state: &AppState, headers: &HeaderMap) -> Gate {
     }
 }
 
-/// Why a JSON route refuses this request, if it does: 404 when the monitor is off, 401 (with
-/// `WWW-Authenticate`) without the token.
-fn api_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    match gate(state, headers) {
+/// Why a JSON route refuses this request, if it does: an admin key opens it, like the token;
+/// otherwise 404 when the monitor is off, 401 (with `WWW-Authenticate`) without the token, and
+/// 403 for a key without the `admin` scope.
+async fn api_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let gate = gate(state, headers);
+    if gate != Gate::Open {
+        if let Some(key) = crate::owner::bearer(headers).filter(|k| owners::looks_like_key(k)) {
+            let refusal = match owners::by_key(&state.db, key).await {
+                Ok(KeyLookup::Valid(owner)) if owner.is_admin() => return None,
+                Ok(KeyLookup::Valid(_)) => AppError::Forbidden(
+                    "this key does not have the `admin` scope, which the monitor needs".into(),
+                ),
+                Ok(KeyLookup::Revoked) => {
+                    AppError::Unauthorized("this API key has been revoked".into())
+                }
+                Ok(KeyLookup::Unknown) => AppError::monitor_token(),
+                Err(e) => e.into(),
+            };
+            return Some(ApiError(refusal).into_response());
+        }
+    }
+    match gate {
         Gate::Open => None,
         Gate::Off => Some(
             ApiError(AppError::NoRoute(
@@ -160,17 +176,18 @@ fn shortcut(range: &str) -> Result<Duration, AppError> {
     path = "/api/stats",
     tag = "monitoring",
     summary = "Statistics over a time range",
-    description = "Batches, images, bytes in and out, failures by reason, mean and p95 times, and a series to chart. `to` defaults to now, `from` to a day before `to` (or `range` before it); 366 days at most. Needs MONITOR_TOKEN; `404` when the server has none.",
+    description = "Batches, images, bytes in and out, failures by reason, mean and p95 times, and a series to chart. `to` defaults to now, `from` to a day before `to` (or `range` before it); 366 days at most. Needs MONITOR_TOKEN or an API key with the `admin` scope; without either, `404` when the server has no MONITOR_TOKEN.",
     params(
         ("from" = Option<String>, Query, format = DateTime, description = "Start, ISO 8601 (RFC 3339), e.g. 2026-11-30T09:00:00Z"),
         ("to" = Option<String>, Query, format = DateTime, description = "End, ISO 8601 (RFC 3339); default now"),
         ("range" = Option<String>, Query, description = "Instead of `from`: `1h`, `24h`, `7d` or `30d` before `to`"),
     ),
-    security(("monitor token" = [])),
+    security(("monitor token" = []), ("api key" = [])),
     responses(
         (status = 200, description = "The statistics", body = Stats),
         (status = 400, description = "A bad time or range (`bad_request`)", body = crate::api::ErrorBody),
-        (status = 401, description = "Without the monitoring token (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 401, description = "Without the monitoring token or an admin key (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 403, description = "An API key without the `admin` scope (`forbidden`)", body = crate::api::ErrorBody),
         (status = 404, description = "The monitor is off: MONITOR_TOKEN is not set (`no_such_route`)", body = crate::api::ErrorBody),
         (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
         (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
@@ -181,7 +198,7 @@ pub async fn stats_api(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<RangeQuery>,
 ) -> Response {
-    if let Some(refused) = api_refusal(&state, &headers) {
+    if let Some(refused) = api_refusal(&state, &headers).await {
         return refused;
     }
     let result: Result<Stats, AppError> = async {
@@ -201,30 +218,71 @@ pub async fn stats_api(
     path = "/api/monitor",
     tag = "monitoring",
     summary = "What the monitoring page shows",
-    description = "Live workers, the backlog, throughput over 1, 5 and 60 minutes, image times, failures by reason and recent batches. Needs MONITOR_TOKEN; `404` when the server has none.",
-    security(("monitor token" = [])),
+    description = "Live workers, the backlog, throughput over 1, 5 and 60 minutes, image times, failures by reason, recent batches and the API keys (`keys`: prefix, label, scopes, weight, limits, created, last used, revoked; never a key or its hash). Needs MONITOR_TOKEN or an API key with the `admin` scope; without either, `404` when the server has no MONITOR_TOKEN.",
+    security(("monitor token" = []), ("api key" = [])),
     responses(
         (status = 200, description = "The snapshot (workers, backlog, throughput, failures, recent batches)", body = Object),
-        (status = 401, description = "Without the monitoring token (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 401, description = "Without the monitoring token or an admin key (`unauthorized`; `WWW-Authenticate: Bearer`)", body = crate::api::ErrorBody),
+        (status = 403, description = "An API key without the `admin` scope (`forbidden`)", body = crate::api::ErrorBody),
         (status = 404, description = "The monitor is off: MONITOR_TOKEN is not set (`no_such_route`)", body = crate::api::ErrorBody),
         (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = crate::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
         (status = 500, description = "Something went wrong on our side (`internal`)", body = crate::api::ErrorBody),
     )
 )]
 pub async fn monitor_api(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(refused) = api_refusal(&state, &headers) {
+    if let Some(refused) = api_refusal(&state, &headers).await {
         return refused;
     }
-    match stats::snapshot(&state.db).await {
-        Ok(snapshot) => Json(snapshot).into_response(),
-        Err(e) => ApiError(e.into()).into_response(),
+    let result: Result<serde_json::Value, AppError> = async {
+        let (snapshot, keys) = tokio::try_join!(stats::snapshot(&state.db), keys(&state))?;
+        let mut json = serde_json::to_value(snapshot).map_err(|e| AppError::Internal(e.into()))?;
+        json["keys"] = serde_json::to_value(keys).map_err(|e| AppError::Internal(e.into()))?;
+        Ok(json)
     }
+    .await;
+    match result {
+        Ok(json) => Json(json).into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// An API key as the monitor shows it: never the key, nor its hash.
+#[derive(Debug, serde::Serialize)]
+pub struct KeyRow {
+    pub prefix: String,
+    pub label: String,
+    pub scopes: Vec<owners::Scope>,
+    pub weight: f32,
+    /// Its limits, the server's defaults filled in.
+    pub limits: owners::Limits,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Every key, newest first.
+async fn keys(state: &AppState) -> Result<Vec<KeyRow>, sqlx::Error> {
+    Ok(owners::list_keys(&state.db)
+        .await?
+        .into_iter()
+        .map(|k| KeyRow {
+            limits: k.limits.resolve(&state.settings),
+            prefix: k.name,
+            label: k.label,
+            scopes: k.scopes,
+            weight: k.weight,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        })
+        .collect())
 }
 
 #[derive(Template)]
 #[template(path = "monitor.html")]
 struct MonitorPage {
     snapshot: Snapshot,
+    keys: Vec<KeyRow>,
     stats: Stats,
     range: String,
     ranges: Vec<&'static str>,
@@ -257,6 +315,14 @@ impl MonitorPage {
     fn time(&self, at: &DateTime<Utc>) -> String {
         at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
     }
+
+    fn scopes(&self, scopes: &[owners::Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[derive(Template)]
@@ -280,8 +346,11 @@ pub async fn page(
         let range = query.range.clone().unwrap_or_else(|| "1h".into());
         let to = Utc::now();
         let from = to - shortcut(&range)?;
-        let (snapshot, stats) =
-            tokio::try_join!(stats::snapshot(&state.db), stats::over(&state.db, from, to))?;
+        let (snapshot, stats, keys) = tokio::try_join!(
+            stats::snapshot(&state.db),
+            stats::over(&state.db, from, to),
+            keys(&state)
+        )?;
         let chart = crate::chart::images_per_bucket(
             &stats.series,
             stats.bucket_seconds,
@@ -296,6 +365,7 @@ pub async fn page(
             StatusCode::OK,
             &MonitorPage {
                 snapshot,
+                keys,
                 stats,
                 range,
                 ranges: SHORTCUTS.iter().map(|(name, _)| *name).collect(),

@@ -26,6 +26,7 @@ use crate::pages::render;
         crate::live::stream,
         crate::preview::preview,
         crate::api::tasks,
+        crate::api::usage,
         crate::monitor::stats_api,
         crate::monitor::monitor_api,
         crate::pages::download,
@@ -45,7 +46,7 @@ use crate::pages::render;
 )]
 struct ApiDoc;
 
-/// The bearer token of `/api/stats` and `/api/monitor`.
+/// The bearer token of `/api/stats` and `/api/monitor`, and the API keys.
 struct MonitorToken;
 
 impl Modify for MonitorToken {
@@ -57,6 +58,18 @@ impl Modify for MonitorToken {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("MONITOR_TOKEN, as `Authorization: Bearer <token>`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`wm_…`, made by the operator with `web keys create`), as \
+                         `Authorization: Bearer <key>`; the scheme in any case",
+                    ))
                     .build(),
             ),
         );

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/batches/{id}", get(api::status))
         .route("/api/batches/{id}/events", get(api::events))
         .route("/api/tasks", get(api::tasks))
+        .route("/api/usage", get(api::usage))
         .route("/api/stats", get(monitor::stats_api))
         .route("/api/monitor", get(monitor::monitor_api))
         .route("/api/openapi.json", get(openapi::document))

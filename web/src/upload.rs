@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap};
 use jobs::db::{self, NewImage};
 use jobs::domain::keys;
 use jobs::names::display_name;
+use jobs::owners::Quota;
 use jobs::pipeline::{Format, ACCEPTED};
 use jobs::storage::Upload;
 use jobs::{BatchId, ImageId};
@@ -98,7 +99,10 @@ pub struct Received {
     pub status: jobs::BatchStatus,
 }
 
-/// Receives a batch of `owner` (see [`crate::owner::resolve`]).
+/// Receives a batch of `owner` (see [`crate::owner::resolve`]), within its limits: batches per
+/// minute checked before a byte of the body is read (and again, exactly, when the batch is
+/// made), images queued and bytes per day when its files are recorded. Over a limit, the
+/// answer is `429 rate_limited` and nothing of the upload is kept.
 pub async fn receive(
     state: &AppState,
     headers: &HeaderMap,
@@ -111,6 +115,10 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let settings = &state.settings;
+    let quota = jobs::owners::Quota::of(owner, settings);
+    // One batch more than the owner may make a minute is refused before its body is read.
+    let used = jobs::owners::usage(&state.db, owner.id).await?;
+    quota.limits.check_new_batch(&used)?;
     if declared
         > Some(Budget::largest_body(
             settings.max_batch_bytes,
@@ -131,9 +139,8 @@ pub async fn receive(
         )));
     };
     let state = state.clone();
-    let owner = owner.id;
     let upload = async move {
-        let received = receive_owned(&state, owner, multipart).await;
+        let received = receive_owned(&state, quota, multipart).await;
         drop(slot); // after the clean-up of a refused upload, too
         received
     };
@@ -148,7 +155,7 @@ pub async fn receive(
 
 async fn receive_owned(
     state: &AppState,
-    owner: jobs::OwnerId,
+    quota: Quota,
     mut multipart: Multipart,
 ) -> Result<Received, AppError> {
     // Refuse up front, before reading a byte, when something the batch needs is down.
@@ -164,7 +171,7 @@ async fn receive_owned(
     let mut created = false;
     state.uploads.add(batch);
     jobs::metrics::UPLOADS_IN_PROGRESS.inc();
-    let result = receive_into(state, batch, owner, &mut created, &mut multipart).await;
+    let result = receive_into(state, batch, &quota, &mut created, &mut multipart).await;
     jobs::metrics::UPLOADS_IN_PROGRESS.dec();
     state.uploads.remove(batch);
     if result.is_ok() {
@@ -199,7 +206,7 @@ async fn forget(state: &AppState, batch: BatchId) {
 async fn receive_into(
     state: &AppState,
     batch: BatchId,
-    owner: jobs::OwnerId,
+    quota: &Quota,
     created: &mut bool,
     multipart: &mut Multipart,
 ) -> Result<Received, AppError> {
@@ -235,10 +242,10 @@ async fn receive_into(
                 }
                 if !*created {
                     let settled = choices.settled();
-                    db::create_batch(&state.db, batch, owner, settled.as_ref()).await?;
+                    db::create_batch_within(&state.db, batch, quota, settled.as_ref()).await??;
                     *created = true;
                     if settled.is_some() {
-                        recorder = Some(Recorder::start(state, batch));
+                        recorder = Some(Recorder::start(state, batch, *quota));
                     }
                 }
                 let file = receive_file(state, batch, field, &mut budget).await?;
@@ -264,7 +271,7 @@ async fn receive_into(
                     .map_err(|e| AppError::Internal(e.into()))?
                     .map_err(AppError::BadRequest)?;
                 if !*created {
-                    db::create_batch(&state.db, batch, owner, None).await?;
+                    db::create_batch_within(&state.db, batch, quota, None).await??;
                     *created = true;
                 }
                 state
@@ -303,15 +310,16 @@ async fn receive_into(
         .await?
     } else {
         let pipeline = choices.resolve()?.to_json();
-        db::record_upload(
+        db::record_upload_within(
             &state.db,
             batch,
             &pipeline,
             &files,
             callback.as_deref(),
             settings.result_ttl(),
+            Some(quota),
         )
-        .await?
+        .await??
     };
     // Committed: from here on the batch cannot be lost. Its images (or, when every file was
     // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
@@ -330,11 +338,12 @@ async fn receive_into(
 /// a dispatch after each commit, so that storing the next file does not wait on Postgres. Small
 /// files are recorded in groups (up to [`GROUP_FILES`], or what arrived within [`GROUP_WAIT`]
 /// of the first), since one transaction and one dispatch per tiny image cost more than they
-/// gain; a file of [`GROUP_BYTES`] or more goes at once. Dropped on an error, it records what it
-/// was given and stops.
+/// gain; a file of [`GROUP_BYTES`] or more goes at once. Each group is recorded within the
+/// owner's quota. Dropped on an error (or a limit reached), it records what it was given and
+/// stops.
 struct Recorder {
     queue: tokio::sync::mpsc::UnboundedSender<(usize, NewImage)>,
-    task: tokio::task::JoinHandle<Result<(), sqlx::Error>>,
+    task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
 
 /// Most images recorded in one transaction.
@@ -345,7 +354,7 @@ const GROUP_BYTES: i64 = 1024 * 1024;
 const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(40);
 
 impl Recorder {
-    fn start(state: &AppState, batch: BatchId) -> Self {
+    fn start(state: &AppState, batch: BatchId, quota: Quota) -> Self {
         let (queue, mut stored) = tokio::sync::mpsc::unbounded_channel::<(usize, NewImage)>();
         let db = state.db.clone();
         let dispatch = state.dispatch.clone();
@@ -369,7 +378,7 @@ impl Recorder {
                     || bytes >= GROUP_BYTES
                     || tokio::time::Instant::now() >= deadline;
                 if !group.is_empty() && (full || !open) {
-                    db::add_images(&db, batch, &group).await?;
+                    db::add_images_within(&db, batch, &group, Some(&quota)).await??;
                     if group.iter().any(|(_, image)| image.rejected.is_none()) {
                         dispatch.request();
                     }
@@ -391,10 +400,7 @@ impl Recorder {
     /// Waits until every image handed over is recorded.
     async fn finish(self) -> Result<(), AppError> {
         drop(self.queue);
-        self.task
-            .await
-            .map_err(|e| AppError::Internal(e.into()))?
-            .map_err(AppError::from)
+        self.task.await.map_err(|e| AppError::Internal(e.into()))?
     }
 }
 
