@@ -681,6 +681,111 @@ pub async fn mark_failed(
     Ok(r.rows_affected() == 1)
 }
 
+/// The reason a cancelled batch shows.
+pub const CANCELLED_REASON: &str = "cancelled by its owner";
+
+/// Who a batch belongs to: its owner's id and kind (`None` for batches made before owners).
+pub async fn batch_owner(
+    db: &Db,
+    batch: BatchId,
+) -> Result<Option<(Option<OwnerId>, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT b.owner_id, o.kind FROM batches b LEFT JOIN owners o ON o.id = b.owner_id
+         WHERE b.id = $1",
+    )
+    .bind(batch)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| Ok((r.try_get("owner_id")?, r.try_get("kind")?)))
+        .transpose()
+}
+
+/// What [`cancel_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The batch is cancelled now.
+    Cancelled,
+    /// It was cancelled already: nothing changed.
+    Already,
+    /// It had ended already (`done`, `failed` or `expired`): nothing changed.
+    Finished(BatchStatus),
+    /// No such batch (or one still being received in a single request, whose id nobody has).
+    NotFound,
+}
+
+/// Cancels a batch in one transaction: the batch `cancelled` (with `cancelled_at` and the reason
+/// [`CANCELLED_REASON`]; its purge due at once, `expires_at = now()`), and its pending images
+/// `cancelled`, so that none of them starts and a result still being made is discarded
+/// ([`start_image`] and [`finish_image`] only take images of batches being processed). The
+/// status trigger logs `batch.cancelled` and makes the webhook's delivery. Idempotent.
+pub async fn cancel_batch(db: &Db, batch: BatchId) -> Result<Cancel, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR UPDATE")
+            .bind(batch)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(status) = status else {
+        return Ok(Cancel::NotFound);
+    };
+    let status: BatchStatus = status
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    match status {
+        BatchStatus::Cancelled => return Ok(Cancel::Already),
+        BatchStatus::Done | BatchStatus::Failed | BatchStatus::Expired => {
+            return Ok(Cancel::Finished(status))
+        }
+        BatchStatus::Uploading => return Ok(Cancel::NotFound),
+        BatchStatus::Open
+        | BatchStatus::Queued
+        | BatchStatus::Processing
+        | BatchStatus::Archiving => {}
+    }
+    sqlx::query(
+        "UPDATE images SET status = 'cancelled', finished_at = now()
+         WHERE batch_id = $1 AND status = 'pending'",
+    )
+    .bind(batch)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE batches SET status = 'cancelled', cancelled_at = now(), error = $2,
+                finished_at = now(), expires_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(batch)
+    .bind(CANCELLED_REASON)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Cancel::Cancelled)
+}
+
+/// The cancelled batches whose files the purge has not deleted yet (`expired_at` NULL), oldest
+/// first, at most `limit`.
+pub async fn cancelled_to_purge(db: &Db, limit: i64) -> Result<Vec<BatchId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM batches
+         WHERE status = 'cancelled' AND expired_at IS NULL AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Notes that a cancelled batch's files are deleted (its status stays `cancelled`).
+pub async fn cancelled_purged(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET expired_at = now() WHERE id = $1 AND status = 'cancelled'",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// A batch being purged: its row stays locked until [`finish_purge`], so that no other replica
 /// purges it at the same time.
 pub struct Purge {

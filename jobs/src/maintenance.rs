@@ -15,7 +15,8 @@ pub struct PurgeReport {
     pub objects: usize,
 }
 
-/// Deletes the objects of every batch whose TTL has run out and marks it expired. Each batch is
+/// Deletes the objects of every batch whose TTL has run out and marks it expired, and those of
+/// cancelled batches not purged yet (see [`db::cancel_batch`]). Each batch is
 /// locked while it is purged, so replicas that purge at the same moment never purge the same
 /// batch. A batch whose objects could not all be deleted stays as it is and is tried again on
 /// the next run.
@@ -37,6 +38,22 @@ pub async fn purge(db: &Db, storage: &Storage) -> Result<PurgeReport, sqlx::Erro
                 db::finish_purge(purge, false).await?;
                 failed.push(batch);
                 tracing::warn!(%batch, error = %e, "could not purge a batch; will retry");
+            }
+        }
+    }
+    // Cancelled batches: `web` deleted their files when they were cancelled, as best it could;
+    // what remains (a failure then, or a result a worker stored late) goes here, and the batch
+    // keeps its status, `expired_at` saying its files are gone.
+    for batch in db::cancelled_to_purge(db, 1000).await? {
+        match storage.delete_prefix(&keys::batch_prefix(batch)).await {
+            Ok(n) => {
+                db::cancelled_purged(db, batch).await?;
+                report.batches += 1;
+                report.objects += n;
+                tracing::info!(%batch, objects = n, "purged a cancelled batch");
+            }
+            Err(e) => {
+                tracing::warn!(%batch, error = %e, "could not purge a cancelled batch; will retry");
             }
         }
     }

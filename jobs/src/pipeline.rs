@@ -138,21 +138,41 @@ impl Format {
 /// Human list of what we accept, for error messages.
 pub const ACCEPTED: &str = "JPEG, PNG, WebP, GIF, BMP or TIFF";
 
-/// Largest uploaded logo, in bytes and in pixels.
+/// Largest uploaded logo, in bytes and in pixels (2048 × 2048: decoded, 16 MiB at 4 bytes a
+/// pixel; a mark is rarely drawn larger than a tenth of that).
 pub const MAX_LOGO_BYTES: usize = 2 * 1024 * 1024;
-pub const MAX_LOGO_PIXELS: u64 = 16_000_000;
+pub const MAX_LOGO_PIXELS: u64 = 2048 * 2048;
 
-/// Decodes an uploaded logo (any format we read, at most [`MAX_LOGO_PIXELS`]), or says why not.
-pub fn decode_logo(bytes: &[u8]) -> Result<image::RgbaImage, String> {
+/// Checks an uploaded logo from its header alone (its type, and its dimensions against
+/// [`MAX_LOGO_PIXELS`]) without decoding a pixel of it: what `web` does with a logo, leaving the
+/// decoding to the image process. Answers its type and size, or says why not.
+pub fn check_logo(bytes: &[u8]) -> Result<(Format, u32, u32), String> {
     let format = Format::sniff(bytes)
         .ok_or_else(|| format!("the logo is not an image we can read (expected {ACCEPTED})"))?;
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_dimensions()
+        .map_err(|e| format!("the logo cannot be used: the image is damaged or truncated: {}", readable(&e.to_string())))?;
+    let limits = Limits {
+        max_pixels: MAX_LOGO_PIXELS,
+        jpeg_quality: 90,
+        jpeg_path: JpegPath::Auto,
+    };
+    check_size(width as u64, height as u64, &limits)
+        .map_err(|e| format!("the logo cannot be used: {e}"))?;
+    Ok((format, width, height))
+}
+
+/// Decodes an uploaded logo (any format we read, at most [`MAX_LOGO_PIXELS`], checked from its
+/// header first; the decoded logo takes 4 bytes a pixel), or says why not.
+pub fn decode_logo(bytes: &[u8]) -> Result<image::RgbaImage, String> {
+    let (format, _, _) = check_logo(bytes)?;
     let limits = Limits {
         max_pixels: MAX_LOGO_PIXELS,
         jpeg_quality: 90,
         jpeg_path: JpegPath::Auto,
     };
     decode(bytes, format, &limits)
-        .map(|img| img.to_rgba8())
+        .map(|img| img.into_rgba8())
         .map_err(|e| format!("the logo cannot be used: {e}"))
 }
 
@@ -225,6 +245,22 @@ impl PreparedPipeline {
         Ok(Self { steps })
     }
 
+    /// The size of the result for an image of `width × height`, each step's output checked
+    /// against the pixel limit from the sizes alone (nothing is built).
+    pub fn output_size(
+        &self,
+        width: u32,
+        height: u32,
+        limits: &Limits,
+    ) -> Result<(u32, u32), ProcessError> {
+        let mut size = (width, height);
+        for (name, step) in &self.steps {
+            size = step.output_size(size.0, size.1);
+            check_step(name, size, limits)?;
+        }
+        Ok(size)
+    }
+
     /// The marks of an image of `width × height`, when every step only paints one; `None` when
     /// some step does anything else.
     pub fn overlays(
@@ -242,6 +278,25 @@ impl PreparedPipeline {
         }
         Ok(Some(out))
     }
+}
+
+/// A step's output of `width × height` pixels, checked against the limit before it is built.
+fn check_step(
+    name: &'static str,
+    (width, height): (u32, u32),
+    limits: &Limits,
+) -> Result<(), ProcessError> {
+    let (w, h) = (width as u64, height as u64);
+    if w * h > limits.max_pixels {
+        return Err(ProcessError::Task {
+            task: name,
+            message: format!(
+                "the result would be {w} × {h} pixels, more than the limit of {} pixels",
+                limits.max_pixels
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Processes one image with a pipeline prepared for it alone (tests and one-off use; the worker
@@ -290,15 +345,21 @@ pub fn process_pixels(
 ) -> Result<Output, ProcessError> {
     let mut image = decode(input, format, limits)?;
     check()?;
+    // Every step's output size, checked before anything of it is built.
+    pipeline.output_size(image.width(), image.height(), limits)?;
     for (name, step) in &pipeline.steps {
+        let expected = step.output_size(image.width(), image.height());
+        check_step(name, expected, limits)?;
         image = step.apply(image).map_err(|e| ProcessError::task(name, e))?;
-        let (w, h) = (image.width() as u64, image.height() as u64);
-        if w * h > limits.max_pixels {
+        if (image.width(), image.height()) != expected {
             return Err(ProcessError::Task {
                 task: name,
                 message: format!(
-                    "the result would be {w} × {h} pixels, more than the limit of {} pixels",
-                    limits.max_pixels
+                    "made {} × {} pixels where it said {} × {}",
+                    image.width(),
+                    image.height(),
+                    expected.0,
+                    expected.1
                 ),
             });
         }
@@ -573,13 +634,96 @@ mod tests {
         assert!(err.to_string().contains("more than the limit"));
     }
 
+    /// A step that says it makes an image over the limit is refused before it runs: its
+    /// `apply` (which would build it) is never called, and nothing after it either.
+    #[test]
+    fn every_step_s_output_size_is_checked_before_it_is_built() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Spy {
+            factor: u32,
+            applied: Arc<AtomicUsize>,
+        }
+        impl Prepared for Spy {
+            fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError> {
+                self.applied.fetch_add(1, Ordering::SeqCst);
+                let (w, h) = self.output_size(image.width(), image.height());
+                Ok(DynamicImage::new_rgb8(w, h))
+            }
+            fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+                (width * self.factor, height * self.factor)
+            }
+        }
+        let applied = Arc::new(AtomicUsize::new(0));
+        let spy = |factor| -> Box<dyn Prepared> {
+            Box::new(Spy {
+                factor,
+                applied: applied.clone(),
+            })
+        };
+        // 300 × 200 → 600 × 400 (fits 1 MP) → 6000 × 4000 (does not) → …
+        let pipeline = PreparedPipeline {
+            steps: vec![("double", spy(2)), ("tenfold", spy(10)), ("double", spy(2))],
+        };
+        let err = process_until(&jpeg(300, 200), &pipeline, &LIMITS, None).expect_err("too big");
+        assert!(
+            matches!(&err, ProcessError::Task { task: "tenfold", message } if message.contains("6000 × 4000")),
+            "{err}"
+        );
+        assert_eq!(applied.load(Ordering::SeqCst), 0, "refused before any step ran");
+        assert_eq!(
+            pipeline.output_size(300, 200, &LIMITS).map_err(|e| e.to_string()),
+            Err("tenfold failed: the result would be 6000 × 4000 pixels, more than the limit of 1000000 pixels".into())
+        );
+        // The resize task says its size: enlarging past the limit is refused the same way.
+        let enlarge = Pipeline::parse(&serde_json::json!([
+            {"task": "resize", "max_width": 20000, "max_height": 20000, "enlarge": true}
+        ]))
+        .expect("valid");
+        let err = process(&jpeg(300, 200), &enlarge, &LIMITS).expect_err("too big");
+        assert!(
+            err.to_string().contains("20000 × 13333"),
+            "{err}"
+        );
+    }
+
+    /// A logo is checked from its header alone: its type and dimensions, never its pixels.
+    #[test]
+    fn a_logo_is_checked_from_its_header() {
+        let small = encode(
+            &DynamicImage::ImageRgba8(image::RgbaImage::new(64, 32)),
+            Format::Png,
+            90,
+        )
+        .expect("encodes");
+        assert_eq!(check_logo(&small), Ok((Format::Png, 64, 32)));
+        // A 2048 × 2048 PNG whose data is one tiny zlib block: within the limit, and accepted
+        // (only its decoding, in the image child, would find it short).
+        assert_eq!(
+            check_logo(&png_declaring(2048, 2048)),
+            Ok((Format::Png, 2048, 2048))
+        );
+        let err = check_logo(&png_declaring(4000, 4000)).expect_err("over the limit");
+        assert!(err.contains("4000 × 4000"), "{err}");
+        assert!(check_logo(b"not an image").is_err());
+    }
+
     #[test]
     fn a_png_header_declaring_a_huge_image_is_refused() {
         // A valid PNG of 50,000 × 50,000 pixels whose data is one tiny zlib block.
+        let png = png_declaring(50_000, 50_000);
+        let err = process(&png, &default_pipeline(), &LIMITS).expect_err("a bomb");
+        assert!(
+            matches!(err, ProcessError::TooManyPixels { width: 50_000, .. }),
+            "{err}"
+        );
+    }
+
+    /// A PNG header declaring `w × h` RGB pixels, whose data is one tiny zlib block.
+    fn png_declaring(w: u32, h: u32) -> Vec<u8> {
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend(50_000u32.to_be_bytes());
-        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
         ihdr.extend([8, 2, 0, 0, 0]);
         let crc = crc32(&ihdr);
         png.extend(13u32.to_be_bytes());
@@ -595,11 +739,7 @@ mod tests {
         png.extend([0, 0, 0, 0]);
         png.extend(b"IEND");
         png.extend(crc32(b"IEND").to_be_bytes());
-        let err = process(&png, &default_pipeline(), &LIMITS).expect_err("a bomb");
-        assert!(
-            matches!(err, ProcessError::TooManyPixels { width: 50_000, .. }),
-            "{err}"
-        );
+        png
     }
 
     fn crc32(data: &[u8]) -> u32 {

@@ -617,3 +617,136 @@ async fn fits(browser: &Browser, what: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The waiting page's Cancel button: it asks first (dismissed, nothing happens), then cancels
+/// (accepted): the page says "Cancelled." at once, without a reload, the button goes, and the
+/// API agrees. A second page, left open, sees a cancel made elsewhere live (its stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_page_cancels_a_batch() {
+    if let Err(e) = system_tests::browser::binaries() {
+        panic!("{e:#}");
+    }
+    let system = System::start(
+        "browser-cancel",
+        Options::default()
+            .env("WORKER_FAULT_INJECTION", "1")
+            .env("WORKER_CONCURRENCY", "1"),
+    )
+    .await
+    .expect("the system starts");
+    let logs = system.logs().join("cancel");
+    if let Err(e) = cancel_pass(&system, &logs).await {
+        panic!(
+            "{e:#}\n(screenshots in {}, services' logs in {})",
+            logs.display(),
+            system.logs().display()
+        );
+    }
+    system.shutdown().await;
+}
+
+/// A batch of `n` images that each take 1.5 s: it is still running when the test acts.
+async fn slow_batch(system: &System, tag: &str, n: usize) -> anyhow::Result<String> {
+    let files: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let bytes = [
+                images::flat_png(96, 64, [40, 90, (i * 20) as u8, 255]),
+                b"wm-fault:sleep=1500".to_vec(),
+            ]
+            .concat();
+            (format!("{tag}-{i}.png"), bytes)
+        })
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    system.submit_ok(&refs, None).await
+}
+
+async fn cancel_pass(system: &System, logs: &Path) -> anyhow::Result<()> {
+    let mut browser = Browser::start(DESKTOP, logs).await?;
+    let id = slow_batch(system, "button", 6).await?;
+    browser
+        .client
+        .goto(&system.url(&format!("/batches/{id}")))
+        .await?;
+    browser
+        .wait_for(
+            "the page follows the batch live, with its Cancel button",
+            WAIT,
+            "return document.getElementById('batch').dataset.live === 'sse' \
+             && !document.getElementById('cancel-line').hidden",
+        )
+        .await?;
+    browser.screenshot("cancel-button").await?;
+
+    // Asked, and dismissed: nothing happens.
+    browser.by_id("cancel").await?.click().await?;
+    let asked = browser.client.get_alert_text().await?;
+    ensure!(asked.contains("Cancel this batch?"), "the question: {asked:?}");
+    browser.client.dismiss_alert().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, now) = system.summary(&id).await?;
+    ensure!(now["status"] != "cancelled", "a dismissed question cancelled: {now}");
+    let enabled = browser
+        .js("return !document.getElementById('cancel').disabled")
+        .await?;
+    ensure!(enabled == Value::Bool(true), "the button stays usable");
+
+    // Asked, and accepted: cancelled, shown at once.
+    browser.by_id("cancel").await?.click().await?;
+    browser.client.accept_alert().await?;
+    browser
+        .wait_for(
+            "the page says the batch is cancelled",
+            WAIT,
+            "return document.getElementById('batch').dataset.status === 'cancelled' \
+             && document.getElementById('status').textContent === 'Cancelled.' \
+             && document.getElementById('cancel-line').hidden \
+             && document.getElementById('batch-error').textContent === 'cancelled by its owner'",
+        )
+        .await?;
+    browser.screenshot("cancelled").await?;
+    let (_, after) = system.status(&id).await?;
+    ensure!(after["status"] == "cancelled", "the API: {after}");
+    let rows = browser
+        .js("return [...document.querySelectorAll('#images tr')].map(r => r.className)")
+        .await?;
+    ensure!(
+        rows.as_array()
+            .is_some_and(|r| r.iter().any(|c| c == "image-cancelled")),
+        "the table shows cancelled images: {rows}"
+    );
+
+    // A page left open sees a cancel made elsewhere (the API) live, without a reload.
+    let other = slow_batch(system, "elsewhere", 4).await?;
+    browser
+        .client
+        .goto(&system.url(&format!("/batches/{other}")))
+        .await?;
+    browser
+        .wait_for(
+            "the second page follows its batch live",
+            WAIT,
+            "window.__same_page = true; return document.getElementById('batch').dataset.live === 'sse'",
+        )
+        .await?;
+    let res = system
+        .http
+        .post(system.url(&format!("/api/batches/{other}/cancel")))
+        .send()
+        .await?;
+    ensure!(res.status().as_u16() == 200, "the API cancel: {}", res.status());
+    browser
+        .wait_for(
+            "the open page shows the cancel made elsewhere, without a reload",
+            WAIT,
+            "return window.__same_page === true \
+             && document.getElementById('batch').dataset.status === 'cancelled' \
+             && document.getElementById('cancel-line').hidden",
+        )
+        .await?;
+    browser.close().await;
+    Ok(())
+}

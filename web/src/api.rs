@@ -235,6 +235,69 @@ pub async fn usage(
         },
         usage: used,
     }))
+/// `POST /api/batches/{id}/cancel`: stops a batch.
+#[utoipa::path(
+    post,
+    path = "/api/batches/{id}/cancel",
+    tag = "batches",
+    summary = "Cancel a batch",
+    description = "Stops the batch: its status becomes `cancelled` (error \"cancelled by its owner\"), its pending images never start, a result still being made is discarded, and its originals and results are deleted at once (the purge deletes anything left). The event log records `batch.cancelled` and the webhook, if any, is called. Cancelling again answers the same. A batch of an API key may be cancelled with that key or an admin key; an anonymous batch by anyone who has its id (the id is the capability). No body.",
+    params(("id" = String, Path, format = Uuid, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The batch, `cancelled`", body = BatchView),
+        (status = 401, description = "An unknown or revoked key, or none where one is needed (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The batch belongs to another key (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No batch with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The batch has ended already: done, failed or expired (`finished`)", body = ErrorBody),
+        (status = 413, description = "A request with a body (`too_large`)", body = ErrorBody),
+        (status = 503, description = "A dependency is down or too many requests at once (`unavailable`, `busy`)", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds after which to try again"))),
+        (status = 500, description = "Something went wrong on our side (`internal`)", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BatchView>, ApiError> {
+    let batch: jobs::BatchId = id.parse().map_err(|_| AppError::NotFound)?;
+    let owner = crate::owner::resolve_for(&state, &headers, peer, Scope::Submit).await?;
+    let (owner_id, kind) = jobs::db::batch_owner(&state.db, batch)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    // A key's batch: only that key, or an admin key. An anonymous batch (or one made before
+    // owners): its id is the capability.
+    if kind.as_deref() == Some("key") && owner_id != Some(owner.id) && !owner.is_admin() {
+        return Err(AppError::Forbidden(
+            "this batch belongs to another API key; only that key (or an admin key) may cancel it"
+                .into(),
+        )
+        .into());
+    }
+    match jobs::db::cancel_batch(&state.db, batch).await? {
+        jobs::db::Cancel::Cancelled => {
+            tracing::info!(%batch, "batch cancelled by its owner");
+            // Its files go at once (best effort: the purge deletes whatever is left).
+            let storage = state.storage.clone();
+            tokio::spawn(async move {
+                if let Err(e) = storage
+                    .delete_prefix(&jobs::domain::keys::batch_prefix(batch))
+                    .await
+                {
+                    tracing::warn!(%batch, error = %e, "could not delete a cancelled batch's files yet; the purge will");
+                }
+            });
+        }
+        jobs::db::Cancel::Already => {}
+        jobs::db::Cancel::Finished(status) => {
+            return Err(AppError::Finished(format!(
+                "the batch has ended already ({status}); there is nothing to cancel"
+            ))
+            .into())
+        }
+        jobs::db::Cancel::NotFound => return Err(AppError::NotFound.into()),
+    }
+    Ok(Json(load_view_with(&state, &id, true).await?))
 }
 
 /// The answer to `GET /api/tasks`.

@@ -401,10 +401,27 @@ pub struct SignIn {
 pub async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<SignIn>,
+    form: Result<Form<SignIn>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Some(token) = &state.settings.monitor_token else {
         return PageError(AppError::NotFound).into_response();
+    };
+    // The body is limited by its route (a few KiB); a longer one is cut, never buffered.
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return PageError(AppError::TooLarge(
+                "the sign-in form is larger than its limit of 4 KiB".into(),
+            ))
+            .into_response()
+        }
+        Err(e) => {
+            return PageError(AppError::BadRequest(format!(
+                "the sign-in form could not be read: {}",
+                e.body_text()
+            )))
+            .into_response()
+        }
     };
     let token = token.expose_secret();
     if !same(form.token.trim(), token) {

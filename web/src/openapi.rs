@@ -23,6 +23,7 @@ use crate::pages::render;
         crate::api::submit,
         crate::api::status,
         crate::api::events,
+        crate::api::cancel,
         crate::live::stream,
         crate::preview::preview,
         crate::api::tasks,

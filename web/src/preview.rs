@@ -6,8 +6,15 @@
 //! user's first file (the form sends one downscaled to 640 px); without it, a sample photo made at
 //! start. The image goes through the workers' own pipeline ([`process_until`]), with strict
 //! limits: [`MAX_IMAGE_BYTES`], [`MAX_PIXELS`] (checked from the header, before decoding), a time
-//! limit, and [`AT_ONCE`] previews at a time (more are answered `503` with `Retry-After`). The
-//! answer is the image, in the format the pipeline gives, never cached.
+//! limit, and [`AT_ONCE`] previews drawn at a time (more wait up to [`TURN_WAIT`] for a turn,
+//! then are answered `503` with `Retry-After`). Every step's output size is checked against the
+//! pixel limit before it is built, and the logo's size from its header before it is decoded
+//! ([`jobs::pipeline::MAX_LOGO_PIXELS`]). The answer is the image, in the format the pipeline
+//! gives, never cached.
+//!
+//! Memory: at most [`RECEIVING`] bodies of [`MAX_BODY_BYTES`] are held, and [`AT_ONCE`]
+//! renders, each at most [`MAX_PIXELS`] × 16 bytes for the image and its step's output, and
+//! the logo decoded (see docs/operations.md, "Memory").
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,10 +43,16 @@ use crate::state::AppState;
 pub const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest image, in pixels (checked from its header, before it is decoded).
 pub const MAX_PIXELS: u64 = 4_000_000;
-/// Previews rendered at once; more are refused with `503` and `Retry-After`.
+/// Largest body of a preview request: the image, a logo, the fields and their parts' headers.
+pub const MAX_BODY_BYTES: usize =
+    MAX_IMAGE_BYTES + jobs::pipeline::MAX_LOGO_BYTES + MAX_FIELDS_BYTES + 64 * 1024;
+/// Previews rendered at once; more wait [`TURN_WAIT`] for a turn, then are refused with `503`
+/// and `Retry-After`.
 pub const AT_ONCE: usize = 2;
+/// Longest a received preview waits for a turn.
+pub const TURN_WAIT: Duration = Duration::from_secs(2);
 /// Previews being received at once (their bodies are read before they wait for a turn).
-const RECEIVING: usize = 8;
+pub const RECEIVING: usize = 8;
 /// Longest a preview may take.
 const TIME_LIMIT: Duration = Duration::from_secs(2);
 /// Largest text field, and most bytes of all of them together.
@@ -47,7 +60,7 @@ const MAX_FIELD_BYTES: usize = 64 * 1024;
 const MAX_FIELDS_BYTES: usize = 256 * 1024;
 /// Most parts of one request.
 const MAX_PARTS: usize = 64;
-/// Prepared pipelines kept (those without a logo of their own).
+/// Prepared pipelines kept (those drawn on the sample, without a logo of their own).
 const PREPARED_KEPT: usize = 8;
 /// The sample's size: a 3:2 photo as the form shows it.
 pub const SAMPLE_SIZE: (u32, u32) = (640, 427);
@@ -82,14 +95,19 @@ impl Previews {
         &self.sample
     }
 
-    /// The pipeline made ready, from those kept when it has no logo of its own.
+    /// The pipeline made ready. Those drawn on the sample (one size, no logo of their own) are
+    /// kept, with the marks they sized: [`PREPARED_KEPT`] × one sample-sized mark at most. One
+    /// drawn on an image sent with the request, or with its own logo, is made for it alone, so
+    /// that no request leaves marks of its own sizes behind.
     fn prepare(
         &self,
         pipeline: &Pipeline,
         logo: Option<&[u8]>,
+        keep: bool,
     ) -> Result<Arc<PreparedPipeline>, AppError> {
         let key = pipeline.to_json().to_string();
-        if logo.is_none() {
+        let keep = keep && logo.is_none();
+        if keep {
             let kept = self
                 .prepared
                 .lock()
@@ -101,6 +119,7 @@ impl Previews {
         }
         let mut assets = Assets::default();
         if let Some(logo) = logo {
+            // Its size from its header first (MAX_LOGO_PIXELS), then decoded.
             let img = jobs::pipeline::decode_logo(logo).map_err(AppError::BadRequest)?;
             assets.logo = Some(Arc::new(img));
         }
@@ -108,7 +127,7 @@ impl Previews {
             PreparedPipeline::new(pipeline, &assets)
                 .map_err(|e| AppError::BadRequest(e.to_string()))?,
         );
-        if logo.is_none() {
+        if keep {
             self.prepared
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -132,7 +151,7 @@ impl Previews {
                 jobs::pipeline::ACCEPTED
             )));
         }
-        let prepared = self.prepare(pipeline, logo)?;
+        let prepared = self.prepare(pipeline, logo, image.is_none())?;
         process_until(input, &prepared, &self.limits, Some(deadline)).map_err(|e| match e {
             ProcessError::TooManyPixels { .. } => AppError::TooLarge(format!(
                 "the preview image is too large: {e} (send a copy of at most {} pixels)",
@@ -183,7 +202,7 @@ pub async fn preview(
     multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let largest = MAX_IMAGE_BYTES + jobs::pipeline::MAX_LOGO_BYTES + MAX_FIELDS_BYTES + 64 * 1024;
+    let largest = MAX_BODY_BYTES;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -202,7 +221,8 @@ pub async fn preview(
     };
     let request = read(multipart).await?;
     let pipeline = request.choices.resolve()?;
-    let Ok(_turn) = previews.running.clone().try_acquire_owned() else {
+    let turn = previews.running.clone().acquire_owned();
+    let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, turn).await else {
         return Ok(busy());
     };
     let render = previews.clone();

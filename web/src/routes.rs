@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue};
-use axum::routing::{get, post};
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -13,6 +15,47 @@ use tower_http::trace::TraceLayer;
 use crate::state::AppState;
 use crate::{access, api, live, monitor, openapi, pages, preview};
 
+/// The body of a small form (the monitor's sign-in).
+pub const MAX_FORM_BYTES: usize = 4 * 1024;
+/// The body of a request that carries nothing (GET, and POSTs without a form).
+pub const MAX_TINY_BYTES: usize = 1024;
+
+/// `route` with a body of at most `limit` bytes: a body whose `Content-Length` says it is
+/// larger is refused (413) before a byte of it is read, and one that grows larger as it arrives
+/// (chunked) is cut at the limit by the extractors that read it (413 too).
+fn limited(route: MethodRouter<AppState>, limit: usize) -> MethodRouter<AppState> {
+    route
+        .layer(axum::middleware::map_request(move |r: Request| async move {
+            declared(r, limit)
+        }))
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+/// A route that reads no body: [`MAX_TINY_BYTES`].
+fn tiny(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    limited(route, MAX_TINY_BYTES)
+}
+
+/// Refuses a request whose `Content-Length` is over `limit`.
+#[allow(clippy::result_large_err)]
+fn declared(request: Request, limit: usize) -> Result<Request, Response> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(n) if n > limit as u64 => Err(crate::api::ApiError(crate::error::AppError::TooLarge(
+            format!(
+                "the body is larger than this route's limit of {}",
+                crate::format::human_bytes(limit as u64)
+            ),
+        ))
+        .into_response()),
+        _ => Ok(request),
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
     let window = Duration::from_secs(state.settings.upload_window_seconds);
@@ -20,40 +63,50 @@ pub fn router(state: AppState) -> Router {
     let paced = axum::middleware::map_request(move |request: axum::extract::Request| async move {
         crate::pace::pace(request, window, min_rate)
     });
+    // Every route has its own body limit (see [`limited`]); uploads alone have none here, being
+    // counted and limited as they stream (MAX_BATCH_BYTES), never buffered.
+    let upload = |route: MethodRouter<AppState>| route.layer(DefaultBodyLimit::disable());
     Router::new()
-        .route("/", get(pages::index))
-        .route("/batches", post(pages::submit).layer(paced.clone()))
-        .route("/batches/{id}", get(pages::batch))
-        .route("/batches/{id}/download", get(pages::download))
-        .route("/static/app.js", get(pages::script))
-        .route("/static/app.css", get(pages::style))
-        .route("/api/batches/{id}/stream", get(live::stream))
-        .route("/api/preview", post(preview::preview).layer(paced.clone()))
-        .route("/api/batches", post(api::submit).layer(paced))
-        .route("/api/batches/{id}", get(api::status))
-        .route("/api/batches/{id}/events", get(api::events))
-        .route("/api/tasks", get(api::tasks))
-        .route("/api/usage", get(api::usage))
-        .route("/api/stats", get(monitor::stats_api))
-        .route("/api/monitor", get(monitor::monitor_api))
-        .route("/api/openapi.json", get(openapi::document))
-        .route("/api/docs", get(openapi::docs))
-        .route("/monitor", get(monitor::page))
-        .route("/monitor/sign-in", post(monitor::sign_in))
-        .route("/monitor/sign-out", post(monitor::sign_out))
-        .route("/static/monitor.js", get(pages::monitor_script))
-        .route("/static/monitor.css", get(pages::monitor_style))
+        .route("/", tiny(get(pages::index)))
+        .route("/batches", upload(post(pages::submit).layer(paced.clone())))
+        .route("/batches/{id}", tiny(get(pages::batch)))
+        .route("/batches/{id}/download", tiny(get(pages::download)))
+        .route("/static/app.js", tiny(get(pages::script)))
+        .route("/static/app.css", tiny(get(pages::style)))
+        .route("/api/batches/{id}/stream", tiny(get(live::stream)))
+        .route(
+            "/api/preview",
+            limited(
+                post(preview::preview).layer(paced.clone()),
+                preview::MAX_BODY_BYTES,
+            ),
+        )
+        .route("/api/batches", upload(post(api::submit).layer(paced)))
+        .route("/api/batches/{id}", tiny(get(api::status)))
+        .route("/api/batches/{id}/cancel", tiny(post(api::cancel)))
+        .route("/api/batches/{id}/events", tiny(get(api::events)))
+        .route("/api/tasks", tiny(get(api::tasks)))
+        .route("/api/usage", tiny(get(api::usage)))
+        .route("/api/stats", tiny(get(monitor::stats_api)))
+        .route("/api/monitor", tiny(get(monitor::monitor_api)))
+        .route("/api/openapi.json", tiny(get(openapi::document)))
+        .route("/api/docs", tiny(get(openapi::docs)))
+        .route("/monitor", tiny(get(monitor::page)))
+        .route("/monitor/sign-in", limited(post(monitor::sign_in), MAX_FORM_BYTES))
+        .route("/monitor/sign-out", tiny(post(monitor::sign_out)))
+        .route("/static/monitor.js", tiny(get(pages::monitor_script)))
+        .route("/static/monitor.css", tiny(get(pages::monitor_style)))
         .merge(
             Router::new()
-                .route("/healthz", get(api::healthz))
-                .route("/readyz", get(api::readyz))
-                .route("/metrics", get(api::metrics))
+                .route("/healthz", tiny(get(api::healthz)))
+                .route("/readyz", tiny(get(api::readyz)))
+                .route("/metrics", tiny(get(api::metrics)))
                 .route_layer(axum::middleware::map_response(access::quiet)),
         )
         .fallback(pages::no_route)
         .method_not_allowed_fallback(pages::wrong_method)
-        // Uploads are counted and limited as they stream (MAX_BATCH_BYTES), not buffered.
-        .layer(DefaultBodyLimit::disable())
+        // Whatever no route limits otherwise (the fallbacks): a tiny body.
+        .layer(DefaultBodyLimit::max(MAX_TINY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(

@@ -265,11 +265,8 @@ async fn receive_into(
                 if bytes.is_empty() {
                     continue; // the form's logo input, left empty
                 }
-                let check = bytes.clone();
-                tokio::task::spawn_blocking(move || jobs::pipeline::decode_logo(&check))
-                    .await
-                    .map_err(|e| AppError::Internal(e.into()))?
-                    .map_err(AppError::BadRequest)?;
+                // Its header only (type, dimensions): the image process decodes it.
+                jobs::pipeline::check_logo(&bytes).map_err(AppError::BadRequest)?;
                 if !*created {
                     db::create_batch_within(&state.db, batch, quota, None).await??;
                     *created = true;

@@ -440,6 +440,8 @@ function render(b) {
   } else {
     ready.hidden = true;
   }
+  const cancelLine = $("cancel-line");
+  if (cancelLine && isFinal(b.status)) cancelLine.hidden = true;
   const err = $("batch-error");
   err.textContent = b.error || "";
   err.hidden = !b.error;
@@ -544,6 +546,38 @@ function setupEvents(id) {
   return { refresh };
 }
 
+/// The Cancel button: asks first, then posts to `POST /api/batches/{id}/cancel`; the page shows
+/// the answer at once, and the live stream says the same.
+function setupCancel(id, update) {
+  const line = $("cancel-line");
+  const button = $("cancel");
+  const note = $("cancel-note");
+  if (!line || !button || !window.fetch) return;
+  line.hidden = false;
+  button.addEventListener("click", async () => {
+    if (!window.confirm("Cancel this batch? Images not processed yet will not be, and every file of it is deleted now.")) return;
+    button.disabled = true;
+    note.textContent = "Cancelling…";
+    try {
+      const res = await fetch(`/api/batches/${encodeURIComponent(id)}/cancel`, {
+        method: "POST",
+        cache: "no-store",
+        headers: { Accept: "application/json" },
+      });
+      const body = await res.json().catch(() => null);
+      if (res.ok && body) {
+        note.textContent = "";
+        update(body);
+        return;
+      }
+      note.textContent = `Not cancelled: ${errorMessage(body, res.status)}.`;
+    } catch (e) {
+      note.textContent = "Not cancelled: the server could not be reached; please try again.";
+    }
+    button.disabled = false;
+  });
+}
+
 function setupBatch() {
   const section = $("batch");
   if (!section) return;
@@ -566,6 +600,7 @@ function setupBatch() {
     if (isFinal(b.status)) finished(b);
   };
   if (isFinal(section.dataset.status)) return;
+  setupCancel(id, update);
 
   // Polling, when Server-Sent Events are not available or fail.
   const poll = () => {

@@ -595,6 +595,7 @@ async fn the_pages_carry_what_the_script_and_assistive_technology_need() {
 const API_ROUTES: [(&str, &str); 15] = [
     ("post", "/api/batches"),
     ("get", "/api/batches/{id}"),
+    ("post", "/api/batches/{id}/cancel"),
     ("get", "/api/batches/{id}/events"),
     ("get", "/api/batches/{id}/stream"),
     ("post", "/api/preview"),

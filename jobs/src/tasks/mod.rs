@@ -70,6 +70,13 @@ pub trait Prepared: Send + Sync {
     /// may return any kind of image; the pipeline encodes it in the input's format.
     fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError>;
 
+    /// The size `apply` gives an image of `width × height` (the same size, by default). The
+    /// pipeline checks it against the pixel limit before `apply` builds anything, so a step that
+    /// changes the size must say so here, exactly.
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        (width, height)
+    }
+
     /// When the step does nothing but paint a mark over an image of `width × height`, that
     /// mark: fast paths (JPEG in YCbCr planes) then blend it without decoding to RGB. `None`
     /// (the default) when the step is anything else. It must paint exactly what `apply` does.
@@ -78,7 +85,8 @@ pub trait Prepared: Send + Sync {
     }
 }
 
-/// A prepared step that is a plain function of each image (for tasks with nothing to prepare).
+/// A prepared step that is a plain function of each image (for tasks with nothing to prepare);
+/// it must keep the image's size (a step that changes it implements [`Prepared::output_size`]).
 pub fn per_image<F>(f: F) -> Box<dyn Prepared>
 where
     F: Fn(DynamicImage) -> Result<DynamicImage, TaskError> + Send + Sync + 'static,

@@ -3,7 +3,7 @@
 use image::imageops::FilterType;
 use image::DynamicImage;
 
-use super::{per_image, Assets, ImageTask, ParamKind, ParamSpec, Params, Prepared, TaskError};
+use super::{Assets, ImageTask, ParamKind, ParamSpec, Params, Prepared, TaskError};
 
 static PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -58,20 +58,48 @@ impl ImageTask for Resize {
             params.int("max_width") as f64,
             params.int("max_height") as f64,
         );
-        let enlarge = params.bool("enlarge");
-        Ok(per_image(move |image: DynamicImage| {
-            let (w, h) = (image.width() as f64, image.height() as f64);
-            let mut ratio = (bw / w).min(bh / h);
-            if !enlarge {
-                ratio = ratio.min(1.0);
-            }
-            if (ratio - 1.0).abs() < f64::EPSILON {
-                return Ok(image);
-            }
-            let nw = ((w * ratio).round() as u32).max(1);
-            let nh = ((h * ratio).round() as u32).max(1);
-            Ok(resize_exact(&image, nw, nh))
+        Ok(Box::new(Fit {
+            width: bw,
+            height: bh,
+            enlarge: params.bool("enlarge"),
         }))
+    }
+}
+
+/// The box one batch fits its images into.
+struct Fit {
+    width: f64,
+    height: f64,
+    enlarge: bool,
+}
+
+impl Fit {
+    /// The size an image of `w × h` gets; `None` when it keeps its own.
+    fn target(&self, w: u32, h: u32) -> Option<(u32, u32)> {
+        let (w, h) = (w as f64, h as f64);
+        let mut ratio = (self.width / w).min(self.height / h);
+        if !self.enlarge {
+            ratio = ratio.min(1.0);
+        }
+        if (ratio - 1.0).abs() < f64::EPSILON {
+            return None;
+        }
+        let nw = ((w * ratio).round() as u32).max(1);
+        let nh = ((h * ratio).round() as u32).max(1);
+        Some((nw, nh))
+    }
+}
+
+impl Prepared for Fit {
+    fn apply(&self, image: DynamicImage) -> Result<DynamicImage, TaskError> {
+        Ok(match self.target(image.width(), image.height()) {
+            None => image,
+            Some((w, h)) => resize_exact(&image, w, h),
+        })
+    }
+
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        self.target(width, height).unwrap_or((width, height))
     }
 }
 
