@@ -126,10 +126,18 @@ pub struct Settings {
     #[arg(long, env = "MAX_IMAGE_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_image_attempts: u32,
 
-    /// Most image jobs in Redis at once; the rest of a backlog waits in Postgres. Keep it well
-    /// under 8,000 (apalis-redis fails when that many jobs fall due at once).
+    /// Most image jobs in Redis at once. The window is twice the image slots of the live workers
+    /// (their WORKER_CONCURRENCY summed), capped by this; the rest of a backlog waits in
+    /// Postgres, where the dispatcher picks fairly among owners. Keep it well under 8,000
+    /// (apalis-redis fails when that many jobs fall due at once).
     #[arg(long, env = "DISPATCH_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub dispatch_window: u32,
+
+    /// Benchmarks only: dispatch as before fair dispatch, first in, first out with a fixed
+    /// window of DISPATCH_WINDOW jobs, as the baseline that `bench fair` compares against.
+    /// Never set in production.
+    #[arg(long, env = "DISPATCH_FIFO", default_value_t = false, hide = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub dispatch_fifo: bool,
 
     /// An upload that has made no progress for this many seconds (its `web` died) is failed
     /// and its files deleted. A live upload reports progress every quarter of this.
@@ -192,6 +200,14 @@ fn webhook_secret(s: &str) -> Result<SecretString, String> {
 }
 
 impl Settings {
+    /// How the dispatchers fill Redis (`jobs::dispatch`).
+    pub fn dispatch_policy(&self) -> crate::dispatch::Policy {
+        crate::dispatch::Policy {
+            max_window: self.dispatch_window,
+            fifo: self.dispatch_fifo,
+        }
+    }
+
     pub fn result_ttl(&self) -> Duration {
         Duration::from_secs(self.result_ttl_seconds)
     }

@@ -37,13 +37,6 @@ pub struct ProcessImage {
     pub image: ImageId,
 }
 
-/// Build the zip of a batch whose images are all done or failed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BuildArchive {
-    pub v: u16,
-    pub batch: BatchId,
-}
-
 /// Heartbeats (of 1 s) a worker may miss before its jobs are handed to other workers.
 pub const MISSED_HEARTBEATS: usize = 10;
 
@@ -68,17 +61,13 @@ pub fn image_queue(prefix: &str) -> String {
     format!("{prefix}:process-image")
 }
 
-pub fn archive_queue(prefix: &str) -> String {
-    format!("{prefix}:build-archive")
-}
-
-/// The two queues of the system; cheap to clone.
+/// The system's queue (of image jobs; a batch's zip needs no job, see `jobs::archive`); cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Queues {
     conn: ConnectionManager,
     prefix: String,
     images: RedisStorage<ProcessImage>,
-    archives: RedisStorage<BuildArchive>,
 }
 
 impl std::fmt::Debug for Queues {
@@ -95,8 +84,6 @@ impl Queues {
         Self {
             images: RedisStorage::new(conn.clone())
                 .with_config(Self::config(&image_queue(prefix), batch_size)),
-            archives: RedisStorage::new(conn.clone())
-                .with_config(Self::config(&archive_queue(prefix), 1)),
             conn,
             prefix: prefix.to_owned(),
         }
@@ -127,22 +114,15 @@ impl Queues {
         self.images.clone()
     }
 
-    /// The archive queue as a worker backend.
-    pub fn archive_backend(&self) -> RedisStorage<BuildArchive> {
-        self.archives.clone()
-    }
-
-    pub async fn enqueue_images(
-        &self,
-        batch: BatchId,
-        images: &[ImageId],
-    ) -> Result<(), QueueError> {
+    /// Pushes the jobs of `images` (batch, image) in this order: the workers take them first in,
+    /// first out, so the order is the dispatcher's.
+    pub async fn enqueue_images(&self, images: &[(BatchId, ImageId)]) -> Result<(), QueueError> {
         if images.is_empty() {
             return Ok(());
         }
         let jobs = images
             .iter()
-            .map(|&image| ProcessImage {
+            .map(|&(batch, image)| ProcessImage {
                 v: PAYLOAD_VERSION,
                 batch,
                 image,
@@ -154,20 +134,6 @@ impl Queues {
             .await
             .map_err(QueueError::from_sink)?;
         self.wake(&image_queue(&self.prefix)).await;
-        Ok(())
-    }
-
-    pub async fn enqueue_archive(&self, batch: BatchId) -> Result<(), QueueError> {
-        let job = BuildArchive {
-            v: PAYLOAD_VERSION,
-            batch,
-        };
-        self.archives
-            .clone()
-            .push(job)
-            .await
-            .map_err(QueueError::from_sink)?;
-        self.wake(&archive_queue(&self.prefix)).await;
         Ok(())
     }
 
@@ -212,25 +178,22 @@ impl Queues {
             .map_err(|e| QueueError(format!("Redis does not answer: {e}")))
     }
 
-    /// Deletes up to `max` finished jobs (done or dead) of each queue, with their data and
+    /// Deletes up to `max` finished jobs (done or dead) of the image queue, with their data and
     /// metadata. apalis-redis keeps every job forever; Postgres already holds each image's
     /// outcome, so nothing is lost. Returns how many jobs were deleted.
     pub async fn trim_finished(&self, max: usize) -> Result<usize, QueueError> {
         let script = redis::Script::new(TRIM_SCRIPT);
-        let mut deleted = 0;
-        for queue in [image_queue(&self.prefix), archive_queue(&self.prefix)] {
-            let mut conn = self.conn.clone();
-            let n: usize = script
-                .key(format!("{queue}:done"))
-                .key(format!("{queue}:dead"))
-                .key(format!("{queue}:data"))
-                .key(format!("{queue}:meta"))
-                .arg(max)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| QueueError(format!("cannot trim finished jobs: {e}")))?;
-            deleted += n;
-        }
+        let queue = image_queue(&self.prefix);
+        let mut conn = self.conn.clone();
+        let deleted: usize = script
+            .key(format!("{queue}:done"))
+            .key(format!("{queue}:dead"))
+            .key(format!("{queue}:data"))
+            .key(format!("{queue}:meta"))
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| QueueError(format!("cannot trim finished jobs: {e}")))?;
         Ok(deleted)
     }
 
@@ -240,41 +203,40 @@ impl Queues {
         let err = |e: redis::RedisError| QueueError(format!("cannot tidy workers: {e}"));
         let mut conn = self.conn.clone();
         let mut deleted = 0;
-        for queue in [image_queue(&self.prefix), archive_queue(&self.prefix)] {
-            let prefix = format!("{queue}:workers:metadata:");
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(500)
+        let queue = image_queue(&self.prefix);
+        let prefix = format!("{queue}:workers:metadata:");
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            for key in keys {
+                let name = &key[prefix.len()..];
+                let alive: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(format!("{queue}:workers"))
+                    .arg(name)
                     .query_async(&mut conn)
                     .await
                     .map_err(err)?;
-                for key in keys {
-                    let name = &key[prefix.len()..];
-                    let alive: Option<f64> = redis::cmd("ZSCORE")
-                        .arg(format!("{queue}:workers"))
-                        .arg(name)
+                if alive.is_none() {
+                    let _: () = redis::cmd("DEL")
+                        .arg(&key)
                         .query_async(&mut conn)
                         .await
                         .map_err(err)?;
-                    if alive.is_none() {
-                        let _: () = redis::cmd("DEL")
-                            .arg(&key)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(err)?;
-                        deleted += 1;
-                    }
+                    deleted += 1;
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
         Ok(deleted)
     }

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 pub mod browser;
 pub mod checks;
+pub mod fair;
 pub mod faults;
 pub mod hosts;
 pub mod images;

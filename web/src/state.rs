@@ -45,7 +45,7 @@ impl AppState {
         let queues = Queues::with_connection(conn, &settings.queue_prefix, 1);
         let storage = Storage::new(&settings);
         let dispatch =
-            jobs::dispatch::Soon::spawn(db.clone(), queues.clone(), settings.dispatch_window);
+            jobs::dispatch::Soon::spawn(db.clone(), queues.clone(), settings.dispatch_policy());
         let live = crate::live::Live::start(db.clone());
         let preview_settings = settings.clone();
         let previews =

@@ -318,11 +318,11 @@ async fn receive_into(
         )
         .await??
     };
-    // Committed: from here on the batch cannot be lost. Its images (or, when every file was
-    // refused, its archive) wait in Postgres until a dispatcher sends them to Redis: this one
-    // now, or the workers' should Redis fail now.
+    // Committed: from here on the batch cannot be lost. Its images wait in Postgres until a
+    // dispatcher sends them to Redis, fairly among owners: this one now, or the workers' should
+    // Redis fail now.
     if let Err(e) =
-        jobs::dispatch::dispatch(&state.db, &state.queues, settings.dispatch_window).await
+        jobs::dispatch::dispatch(&state.db, &state.queues, settings.dispatch_policy()).await
     {
         tracing::warn!(%batch, error = %e, "could not dispatch now; the workers will");
     }

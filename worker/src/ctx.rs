@@ -27,6 +27,13 @@ pub struct Ctx {
     /// The images this worker is processing right now, handed back to the dispatcher should
     /// the worker stop before it finishes them.
     pub in_hand: jobs::InProgress<jobs::ImageId>,
+    /// Asks this worker's dispatcher for a dispatch now rather than at its next interval (an
+    /// image just finished: the window has room). Requests made meanwhile coalesce into one.
+    pub dispatch_now: Arc<tokio::sync::Notify>,
+    /// Images may be waiting in Postgres for room in Redis: set by a dispatch that filled the
+    /// window (or found it full) and by news of jobs pushed elsewhere, cleared by a dispatch
+    /// that found nothing more. While set, every image this worker finishes asks for a dispatch.
+    pub backlog: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {

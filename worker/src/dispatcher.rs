@@ -1,7 +1,8 @@
 //! The dispatcher loop every worker runs: keeps Redis fed from Postgres (see
-//! `jobs::dispatch`), notices a Redis that lost its data, and trims finished jobs and dead
-//! workers' metadata from Redis.
+//! `jobs::dispatch`) after every image this worker finishes and every poll interval, notices a
+//! Redis that lost its data, and trims finished jobs and dead workers' metadata from Redis.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::ctx::Ctx;
@@ -13,25 +14,27 @@ const TRIM_MAX: usize = 5000;
 const TIDY_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Ctx, interval: Duration) {
-    let window = ctx.settings.dispatch_window;
+    let policy = ctx.settings.dispatch_policy();
     let mut failing: Option<String> = None;
     let mut last_trim = Instant::now();
     let mut last_tidy = Instant::now();
     loop {
-        match jobs::dispatch::dispatch(&ctx.db, &ctx.queues, window).await {
+        match jobs::dispatch::dispatch(&ctx.db, &ctx.queues, policy).await {
             Ok(report) => {
+                ctx.backlog.store(report.waiting, Ordering::Relaxed);
                 if failing.take().is_some() {
                     tracing::info!("dispatching again");
                 }
-                if report.images > 0 || report.archives > 0 {
+                if report.images > 0 {
                     tracing::debug!(
                         images = report.images,
-                        archives = report.archives,
+                        window = report.window,
                         "dispatched jobs"
                     );
                 }
             }
             Err(e) => {
+                ctx.backlog.store(true, Ordering::Relaxed);
                 let message = e.to_string();
                 // One line per distinct problem, not one per attempt.
                 if failing.as_deref() != Some(message.as_str()) {
@@ -54,6 +57,11 @@ pub async fn run(ctx: Ctx, interval: Duration) {
                 tracing::debug!(error = %e, "cannot tidy dead workers");
             }
         }
-        tokio::time::sleep(interval).await;
+        // Until the interval is up, or an image finished here (a request made during the
+        // dispatch above is kept, so none is lost).
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = ctx.dispatch_now.notified() => {}
+        }
     }
 }

@@ -98,7 +98,11 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     metrics::IMAGES_IN_FLIGHT.dec();
     metrics::IMAGE_SECONDS.observe(started.elapsed().as_secs_f64());
     held.release();
-    // A slot is free: fetch the next image now rather than at the next poll.
+    // A slot is free: refill the window in Redis when images wait in Postgres (fairly: a
+    // newcomer's image goes next), and fetch the next image now rather than at the next poll.
+    if ctx.backlog.load(std::sync::atomic::Ordering::Relaxed) && !ctx.settings.dispatch_fifo {
+        ctx.dispatch_now.notify_one();
+    }
     ctx.wake_images.signal();
     result
 }

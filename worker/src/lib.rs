@@ -20,7 +20,8 @@ pub mod webhooks;
 
 pub use ctx::Ctx;
 
-/// Applies image tasks to uploaded batches, builds their zips, and purges expired batches.
+/// Applies image tasks to uploaded batches (dispatched fairly among owners from Postgres), and
+/// purges expired batches.
 #[derive(Debug, Parser)]
 #[command(
     name = "worker",
@@ -144,6 +145,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         logos: Arc::default(),
         wake_images: jobs::wake::Wake::default(),
         in_hand: jobs::InProgress::default(),
+        dispatch_now: Arc::default(),
+        backlog: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
     jobs::metrics::touch_all();
@@ -157,12 +160,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(dispatcher::run(ctx.clone(), poll));
     let listener = {
         let images = ctx.wake_images.clone();
+        let backlog = ctx.backlog.clone();
         let image_queue = jobs::queue::image_queue(&settings.queue_prefix);
         tokio::spawn(jobs::wake::listen(
             settings.redis_url().to_owned(),
             settings.queue_prefix.clone(),
             move |queue| {
                 if queue == image_queue {
+                    // Jobs pushed elsewhere (`web`, another worker): more may wait behind them.
+                    backlog.store(true, std::sync::atomic::Ordering::Relaxed);
                     images.signal();
                 }
             },

@@ -14,7 +14,9 @@
 //!
 //!   bench WORKLOAD_DIR [workers] [rounds]      (defaults: 2 workers, 3 rounds)
 //!
-//! `bench preview [requests]` times `POST /api/preview` instead (see [`preview`]).
+//! `bench preview [requests]` times `POST /api/preview` instead (see [`preview`]), and
+//! `bench fair WORKLOAD_DIR [workers] [photos per batch] [big batch]` measures fair dispatch
+//! (see [`fair`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "preview") {
         return preview(&args[1..]).await;
+    }
+    if args.first().is_some_and(|a| a == "fair") {
+        return fair(&args[1..]).await;
     }
     let workload = PathBuf::from(
         args.first()
@@ -298,7 +303,9 @@ fn apply_cpu(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no cpu figure in {err:?}"))?;
     let per_image = ms / runs as f64;
-    Ok(Duration::from_secs_f64(per_image * files.len() as f64 / 1000.0))
+    Ok(Duration::from_secs_f64(
+        per_image * files.len() as f64 / 1000.0,
+    ))
 }
 
 /// Sequential GETs of objects of a few sizes from the local store, four ways: the SDK's own
@@ -572,5 +579,191 @@ async fn preview(args: &[String]) -> anyhow::Result<()> {
         if worst < 100.0 { "within" } else { "over" }
     );
     sys.shutdown().await;
+    Ok(())
+}
+
+/// p-th percentile of `v` (sorted here).
+fn percentile(v: &mut [f64], p: usize) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// Submits a one-image batch as the owner of `key` and waits for it: submit → done.
+async fn one_image(
+    sys: &System,
+    key: &str,
+    image: &[(String, Vec<u8>)],
+) -> anyhow::Result<Duration> {
+    use system_tests::fair::{submit_as, wait_final_as};
+    let default = serde_json::json!([{"task": "watermark"}]);
+    let started = Instant::now();
+    let id = submit_as(sys, key, &as_files(image), Some(&default)).await?;
+    let status = wait_final_as(sys, key, &id, Duration::from_secs(1800), POLL).await?;
+    anyhow::ensure!(status["status"] == "done", "B's batch: {status}");
+    Ok(started.elapsed())
+}
+
+/// `bench fair WORKLOAD_DIR [workers] [photos per batch] [big batch]`: fair dispatch, measured
+/// twice: as built (fair), and with `DISPATCH_FIFO=1` (first in, first out with a fixed window
+/// of 1,000, as before) for the baseline. Each run:
+///
+/// 1. the idle p50 of one-image batches (a 640 × 480 JPEG) of owner B;
+/// 2. owner A submits 5 batches of 2 MP photos (200 each by default); meanwhile B submits
+///    one-image batches, one after another, until A's are done: B's submit → done p50 and p95
+///    against the target 2 × idle p50 + one image time (the median time a worker spent on one of
+///    A's photos), and A's throughput (photos ÷ first submit → last done);
+/// 3. A submits one batch of 64 × 64 JPEGs (10,000 by default), and B three one-image batches
+///    once A's is being processed: B's wait behind it.
+///
+/// Prints the figures; asserts nothing about them.
+async fn fair(args: &[String]) -> anyhow::Result<()> {
+    use system_tests::fair::{make_key, submit_as, wait_final_as};
+    let workload = PathBuf::from(
+        args.first()
+            .context("usage: bench fair WORKLOAD_DIR [workers] [photos per batch] [big batch]")?,
+    );
+    let workers: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2);
+    let per_batch: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(200);
+    let big: usize = args
+        .get(3)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let photos = read_set(&workload, "jpeg-2mp", per_batch)?;
+    let vga = read_set(&workload, "jpeg-vga", 1)?;
+    let small = read_set(&workload, "small", big)?;
+    let default = serde_json::json!([{"task": "watermark"}]);
+    let names: Vec<String> = (0..workers).map(|i| format!("bench-worker-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    println!(
+        "fair dispatch: {workers} worker process(es), {} build; A: 5 × {per_batch} 2 MP photos, then \
+         one batch of {big} × 64 × 64; B: one-image batches (640 × 480)",
+        std::env::var("WM_PROFILE").unwrap_or_else(|_| "dev".into()),
+    );
+    let mut throughput = Vec::new();
+    for (label, fifo) in [("fair", false), ("first in, first out", true)] {
+        let options = Options::default()
+            .workers(&names)
+            .env("DISPATCH_FIFO", fifo)
+            .env("MAX_FILES_PER_BATCH", big.max(per_batch))
+            .env("OWNER_MAX_BATCHES_PER_MINUTE", 100_000)
+            .env(
+                "POLL_INTERVAL_MS",
+                std::env::var("POLL_INTERVAL_MS").unwrap_or_else(|_| "200".into()),
+            );
+        let sys = std::sync::Arc::new(System::start("bench-fair", options).await?);
+        let a = make_key(&sys, "A", 1.0).await?;
+        let b = make_key(&sys, "B", 1.0).await?;
+        one_image(&sys, &b, &vga).await?; // warm-up
+
+        let mut idle = Vec::new();
+        for _ in 0..20 {
+            idle.push(one_image(&sys, &b, &vga).await?.as_secs_f64());
+        }
+        let idle_p50 = percentile(&mut idle, 50);
+
+        // A's five batches, sent at once; then B's one-image batches until A's are done.
+        let started = Instant::now();
+        let ids = futures::future::try_join_all(
+            (0..5).map(|_| submit_as(&sys, &a, &as_files(&photos), Some(&default))),
+        )
+        .await?;
+        let uploaded = started.elapsed();
+        let a_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b_task = tokio::spawn({
+            let (sys, b, vga, a_done) = (sys.clone(), b.clone(), vga.clone(), a_done.clone());
+            async move {
+                let mut waits = Vec::new();
+                while !a_done.load(std::sync::atomic::Ordering::Relaxed) {
+                    waits.push(one_image(&sys, &b, &vga).await?.as_secs_f64());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok::<_, anyhow::Error>(waits)
+            }
+        });
+        for id in &ids {
+            wait_final_as(&sys, &a, id, Duration::from_secs(3600), POLL).await?;
+        }
+        let drained = started.elapsed();
+        a_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut waits = b_task.await??;
+        let image_ms: Option<f64> = sqlx::query_scalar(
+            "SELECT (percentile_cont(0.5) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000)::float8
+             FROM images i JOIN batches b ON b.id = i.batch_id JOIN owners o ON o.id = b.owner_id
+             WHERE o.label = 'A' AND i.status = 'done'",
+        )
+        .fetch_one(&sys.db)
+        .await?;
+        let image_ms = image_ms.unwrap_or(0.0);
+        let rate = (5 * per_batch) as f64 / drained.as_secs_f64();
+        throughput.push(rate);
+        let target = 2.0 * idle_p50 + image_ms / 1000.0;
+        println!("{label}:");
+        println!(
+            "  idle: one-image batch submit → done p50 {:.0} ms; one 2 MP photo takes a worker \
+             {image_ms:.0} ms (median)",
+            idle_p50 * 1000.0
+        );
+        if waits.is_empty() {
+            println!("  B: no batch finished while A's were processed");
+        } else {
+            let p50 = percentile(&mut waits, 50);
+            let p95 = percentile(&mut waits, 95);
+            println!(
+                "  B during A's 5 × {per_batch}: {} batches, submit → done p50 {:.0} ms, p95 {:.0} ms \
+                 (target p95 ≤ 2 × idle p50 + one image = {:.0} ms: {})",
+                waits.len(),
+                p50 * 1000.0,
+                p95 * 1000.0,
+                target * 1000.0,
+                if p95 <= target { "met" } else { "missed" }
+            );
+        }
+        println!(
+            "  A: {} photos uploaded in {:.1} s, all done after {:.1} s: {rate:.1} photos/s",
+            5 * per_batch,
+            uploaded.as_secs_f64(),
+            drained.as_secs_f64()
+        );
+
+        // B behind A's big batch.
+        let started = Instant::now();
+        let big_id = submit_as(&sys, &a, &as_files(&small), Some(&default)).await?;
+        let uploaded = started.elapsed();
+        let mut behind = Vec::new();
+        for _ in 0..3 {
+            behind.push(one_image(&sys, &b, &vga).await?.as_secs_f64());
+        }
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM images WHERE batch_id = $1::uuid AND status = 'pending'",
+        )
+        .bind(&big_id)
+        .fetch_one(&sys.db)
+        .await?;
+        wait_final_as(&sys, &a, &big_id, Duration::from_secs(3600), POLL).await?;
+        let drained = started.elapsed();
+        println!(
+            "  B behind A's {big}-image batch (uploaded in {:.1} s, done after {:.1} s): three \
+             one-image batches, submit → done {} ms; A had {left} images left after them",
+            uploaded.as_secs_f64(),
+            drained.as_secs_f64(),
+            behind
+                .iter()
+                .map(|t| format!("{:.0}", t * 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        std::sync::Arc::into_inner(sys)
+            .context("the system is still shared")?
+            .shutdown()
+            .await;
+    }
+    println!(
+        "A's throughput: fair {:.1} photos/s, first in, first out {:.1} photos/s ({:+.1} %)",
+        throughput[0],
+        throughput[1],
+        (throughput[0] / throughput[1] - 1.0) * 100.0
+    );
     Ok(())
 }
