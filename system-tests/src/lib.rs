@@ -20,6 +20,7 @@ pub mod checks;
 pub mod faults;
 pub mod hosts;
 pub mod images;
+pub mod open;
 
 use faults::{PrivateRedis, TcpProxy};
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod live;
 pub mod monitor;
+pub mod open;
 pub mod openapi;
 pub mod owner;
 pub mod pace;

@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{access, api, live, monitor, openapi, pages, preview};
+use crate::{access, api, live, monitor, open, openapi, pages, preview};
 
 pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
@@ -29,7 +29,14 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.css", get(pages::style))
         .route("/api/batches/{id}/stream", get(live::stream))
         .route("/api/preview", post(preview::preview).layer(paced.clone()))
-        .route("/api/batches", post(api::submit).layer(paced))
+        .route("/api/batches", post(api::submit).layer(paced.clone()))
+        .route("/api/batches/open", post(open::create))
+        .route(
+            "/api/batches/{id}/files/{file_id}",
+            put(open::put_file).layer(paced),
+        )
+        .route("/api/batches/{id}/close", post(open::close))
+        .route("/api/batches/{id}/images", get(open::images))
         .route("/api/batches/{id}", get(api::status))
         .route("/api/batches/{id}/events", get(api::events))
         .route("/api/tasks", get(api::tasks))
