@@ -144,6 +144,13 @@ pub struct Settings {
     #[arg(long, env = "UPLOAD_STALE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(4..))]
     pub upload_stale_seconds: u64,
 
+    /// An open batch (files added over many requests, `POST /api/batches/open`) that has had
+    /// no activity for this many seconds (no file added, no image finished) is closed by the
+    /// reconciler: its images are processed as if its client had closed it, and an empty one
+    /// fails with a reason.
+    #[arg(long, env = "OPEN_BATCH_IDLE_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub open_batch_idle_seconds: u64,
+
     /// JPEG quality of processed JPEG images (1–100).
     #[arg(long, env = "JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
@@ -214,6 +221,10 @@ impl Settings {
 
     pub fn image_timeout(&self) -> Duration {
         Duration::from_secs(self.image_timeout_seconds)
+    }
+
+    pub fn open_batch_idle(&self) -> Duration {
+        Duration::from_secs(self.open_batch_idle_seconds)
     }
 
     pub fn upload_stale(&self) -> Duration {

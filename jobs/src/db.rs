@@ -426,12 +426,14 @@ pub async fn get_batch(db: &Db, batch: BatchId) -> Result<Option<Batch>, sqlx::E
     .await
 }
 
-pub async fn list_images(db: &Db, batch: BatchId) -> Result<Vec<Image>, sqlx::Error> {
+/// The first `limit` images of a batch, in order.
+pub async fn list_images(db: &Db, batch: BatchId, limit: i64) -> Result<Vec<Image>, sqlx::Error> {
     sqlx::query_as::<_, Image>(
         "SELECT id, position, name, status, error, output_format, processed_by, attempts
-         FROM images WHERE batch_id = $1 ORDER BY position",
+         FROM images WHERE batch_id = $1 ORDER BY position LIMIT $2",
     )
     .bind(batch)
+    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -13,6 +13,7 @@ mod jpeg_scan;
 pub mod maintenance;
 pub mod metrics;
 pub mod names;
+pub mod open;
 pub mod overlay;
 pub mod owners;
 pub mod pipeline;

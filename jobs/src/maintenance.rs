@@ -66,6 +66,10 @@ pub struct ReconcileReport {
     pub images_requeued: usize,
     pub batches_completed: usize,
     pub uploads_failed: usize,
+    /// Open batches closed after OPEN_BATCH_IDLE_SECONDS without activity (with their files).
+    pub open_closed: usize,
+    /// Open batches failed after OPEN_BATCH_IDLE_SECONDS without a file.
+    pub open_failed: usize,
 }
 
 /// Thresholds of the reconciler.
@@ -75,6 +79,8 @@ pub struct ReconcileSettings {
     pub stale_after: Duration,
     /// An upload that has not finished after this long is failed and its objects deleted.
     pub upload_stale_after: Duration,
+    /// An open batch without activity for this long is closed (failed when empty).
+    pub open_idle_after: Duration,
     pub result_ttl: Duration,
 }
 
@@ -111,6 +117,18 @@ pub async fn reconcile(
         }
         report.uploads_failed += 1;
         tracing::warn!(%batch, "failed an upload that never finished");
+    }
+
+    let idle =
+        crate::open::close_idle(db, settings.open_idle_after, settings.result_ttl).await?;
+    if idle != Default::default() {
+        report.open_closed = idle.closed;
+        report.open_failed = idle.failed_empty;
+        tracing::info!(
+            closed = idle.closed,
+            failed_empty = idle.failed_empty,
+            "closed open batches left idle"
+        );
     }
     Ok(report)
 }

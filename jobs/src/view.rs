@@ -16,7 +16,12 @@ pub struct BatchView {
     pub total: i32,
     pub done: i32,
     pub failed: i32,
+    /// The images, in order: the first [`IMAGES_IN_VIEW`] (1,000) of them; the rest are paged
+    /// through `images_url`.
     pub images: Vec<ImageView>,
+    /// Where the batch's images are listed page by page (`GET /api/batches/{id}/images`); the
+    /// next page after `images` when they do not hold them all.
+    pub images_url: String,
     /// Where the zip is downloaded (relative to the site), once the batch is done.
     pub download_url: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -36,6 +41,10 @@ pub struct ImageView {
     pub error: Option<String>,
 }
 
+/// Most images a batch's view lists (the rest are paged: `GET /api/batches/{id}/images`), so
+/// that the status of a batch of 10,000 stays small.
+pub const IMAGES_IN_VIEW: i64 = 1000;
+
 /// Loads a batch, with the list of its images or without it (`images` left empty). `None` when
 /// there is no such batch; an expired batch is returned with its status (callers say 410).
 pub async fn load(
@@ -47,10 +56,12 @@ pub async fn load(
         return Ok(None);
     };
     let images = if with_images && batch.status != BatchStatus::Expired {
-        db::list_images(db, id).await?
+        db::list_images(db, id, IMAGES_IN_VIEW).await?
     } else {
         Vec::new()
     };
+    let images_listed = images.len();
+    let last_position = images.last().map(|i| i.position);
     let steps = crate::tasks::Pipeline::parse(&batch.pipeline)
         .map(|p| p.describe())
         .unwrap_or_default();
@@ -72,6 +83,12 @@ pub async fn load(
                 }
             })
             .collect(),
+        images_url: match last_position {
+            Some(last) if images_listed < batch.total as usize => {
+                format!("/api/batches/{id}/images?after={last}")
+            }
+            _ => format!("/api/batches/{id}/images"),
+        },
         download_url: (batch.status == BatchStatus::Done)
             .then(|| format!("/batches/{id}/download")),
         expires_at: batch.expires_at,

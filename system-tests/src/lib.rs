@@ -21,6 +21,7 @@ pub mod fair;
 pub mod faults;
 pub mod hosts;
 pub mod images;
+pub mod open;
 
 use faults::{PrivateRedis, TcpProxy};
 

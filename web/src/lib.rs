@@ -15,6 +15,7 @@ pub mod format;
 pub mod keys;
 pub mod live;
 pub mod monitor;
+pub mod open;
 pub mod openapi;
 pub mod owner;
 pub mod pace;

@@ -21,7 +21,11 @@ use crate::pages::render;
     ),
     paths(
         crate::api::submit,
+        crate::open::create,
+        crate::open::put_file,
+        crate::open::close,
         crate::api::status,
+        crate::open::images,
         crate::api::events,
         crate::api::cancel,
         crate::live::stream,
@@ -187,6 +191,13 @@ fn binary_bodies(paths: &mut Value) {
     };
     for op in paths.values_mut().filter_map(Value::as_object_mut) {
         for op in op.values_mut() {
+            if let Some(content) = op["requestBody"]["content"].as_object_mut() {
+                for (media, body) in content.iter_mut() {
+                    if media == "application/octet-stream" {
+                        body["schema"] = json!({"type": "string", "contentMediaType": media});
+                    }
+                }
+            }
             let Some(responses) = op["responses"].as_object_mut() else {
                 continue;
             };

@@ -6,14 +6,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{access, api, live, monitor, openapi, pages, preview};
+use crate::{access, api, live, monitor, open, openapi, pages, preview};
 
 /// The body of a small form (the monitor's sign-in).
 pub const MAX_FORM_BYTES: usize = 4 * 1024;
@@ -81,7 +81,19 @@ pub fn router(state: AppState) -> Router {
                 preview::MAX_BODY_BYTES,
             ),
         )
-        .route("/api/batches", upload(post(api::submit).layer(paced)))
+        .route("/api/batches", upload(post(api::submit).layer(paced.clone())))
+        // The choices, JSON or multipart with a logo: the logo's limit and the fields' budget.
+        .route(
+            "/api/batches/open",
+            limited(post(open::create), jobs::pipeline::MAX_LOGO_BYTES + 1024 * 1024),
+        )
+        // One file, counted and limited as it streams (MAX_FILE_BYTES, MAX_BATCH_BYTES).
+        .route(
+            "/api/batches/{id}/files/{file_id}",
+            upload(put(open::put_file).layer(paced)),
+        )
+        .route("/api/batches/{id}/close", tiny(post(open::close)))
+        .route("/api/batches/{id}/images", tiny(get(open::images)))
         .route("/api/batches/{id}", tiny(get(api::status)))
         .route("/api/batches/{id}/cancel", tiny(post(api::cancel)))
         .route("/api/batches/{id}/events", tiny(get(api::events)))

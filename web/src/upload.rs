@@ -403,7 +403,7 @@ impl Recorder {
 
 /// The `callback_url` field: empty means none (the form's field, left blank); otherwise it must
 /// pass [`jobs::webhook::check_callback_url`], and webhooks must be on (`WEBHOOK_SECRET`).
-fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
+pub(crate) fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
     if value.trim().is_empty() {
         return Ok(None);
     }
@@ -419,24 +419,59 @@ fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>
         .map_err(AppError::BadRequest)
 }
 
-/// Streams one file to storage. A file that is empty, too large or not an image is recorded as
-/// refused (with its reason) and not stored; the rest of the batch goes on.
+/// Where the bytes of one file come from: a part of a multipart body (whose bytes count toward
+/// the upload's [`Budget`]), or the whole body of a `PUT` to an open batch
+/// ([`crate::open`]). `None` at the end of the file.
+pub(crate) trait Chunks {
+    async fn chunk(&mut self) -> Result<Option<axum::body::Bytes>, AppError>;
+}
+
+/// A file part of a multipart upload, counted toward its budget.
+struct FieldChunks<'f, 'b> {
+    field: Field<'f>,
+    budget: &'b mut Budget,
+}
+
+impl Chunks for FieldChunks<'_, '_> {
+    async fn chunk(&mut self) -> Result<Option<axum::body::Bytes>, AppError> {
+        let chunk = self.field.chunk().await.map_err(bad_body)?;
+        if let Some(c) = &chunk {
+            self.budget.bytes(c.len())?;
+        }
+        Ok(chunk)
+    }
+}
+
+/// Streams one file of a multipart upload to storage ([`store_file`]).
 async fn receive_file(
     state: &AppState,
     batch: BatchId,
-    mut field: Field<'_>,
+    field: Field<'_>,
     budget: &mut Budget,
 ) -> Result<NewImage, AppError> {
-    let settings = &state.settings;
-    let id = ImageId::new();
     let name = display_name(field.file_name().unwrap_or("unnamed"));
+    let mut chunks = FieldChunks { field, budget };
+    store_file(state, batch, ImageId::new(), name, &mut chunks).await
+}
+
+/// Streams one file to storage as image `id` of `batch`, sniffing its type from its first bytes.
+/// A file that is empty, too large or not an image is returned as refused (with its reason) and
+/// not stored, its bytes read and dropped; the rest of the batch goes on. An error of the body
+/// (or of storage) is the request's: nothing of the file is left.
+pub(crate) async fn store_file(
+    state: &AppState,
+    batch: BatchId,
+    id: ImageId,
+    name: String,
+    chunks: &mut impl Chunks,
+) -> Result<NewImage, AppError> {
+    let settings = &state.settings;
     let mut file = Incoming::default();
     let mut size: u64 = 0;
 
     let outcome: Result<(), AppError> = async {
-        while let Some(chunk) = field.chunk().await.map_err(bad_body)? {
+        while let Some(chunk) = chunks.chunk().await? {
             jobs::metrics::UPLOADED_BYTES.inc_by(chunk.len() as u64);
-            budget.bytes(chunk.len())?;
             size += chunk.len() as u64;
             if file.rejected.is_some() {
                 continue; // read and discard the rest of a refused file
@@ -576,7 +611,7 @@ async fn drain(mut field: Field<'_>, budget: &mut Budget) -> Result<(), AppError
     Ok(())
 }
 
-fn too_large_batch(limit: u64) -> AppError {
+pub(crate) fn too_large_batch(limit: u64) -> AppError {
     AppError::TooLarge(format!(
         "the upload is larger than the limit of {} per batch (MAX_BATCH_BYTES)",
         human_bytes(limit)

@@ -1,4 +1,6 @@
-// The upload form (the files checked before sending, the preview, the upload with its progress)
+// The upload form (the files checked before sending, the preview, the upload as an open batch:
+// the files sent a few at a time, each tried again should the connection break, with one
+// progress bar)
 // and the waiting page (live progress through Server-Sent Events, polling when they fail, the
 // event log). Without this script the form posts as any form does and the waiting page reloads
 // itself. All text goes in through textContent: nothing from the server is parsed as HTML.
@@ -245,8 +247,71 @@ function setupPreview(form, limits) {
   };
 }
 
-/// The upload: XMLHttpRequest to `POST /api/batches`, for its progress; then the waiting page.
-function upload(data, total, button) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/// Whether an answer is worth asking again: none at all (the connection broke), or the server
+/// busy, slow or down for a moment (408, 429, 5xx).
+const retryable = (status) => status === 0 || status === 408 || status === 429 || status >= 500;
+
+/// Attempts at one request before giving up; the waits between them grow from half a second to
+/// 15 s (about three minutes in all), or follow the server's Retry-After.
+const ATTEMPTS = 15;
+
+function backoff(attempt, retryAfter) {
+  const asked = Number(retryAfter);
+  if (asked > 0) return Math.min(asked, 60) * 1000;
+  const base = Math.min(15000, 500 * 2 ** (attempt - 1));
+  return base / 2 + Math.random() * (base / 2);
+}
+
+/// One request by XMLHttpRequest (for the upload's progress): resolves to its status (0 when the
+/// connection failed), its JSON body and its Retry-After; never rejects.
+function send(method, url, body, headers, onProgress) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, url);
+    xhr.setRequestHeader("Accept", "application/json");
+    for (const [k, v] of Object.entries(headers || {})) xhr.setRequestHeader(k, v);
+    if (onProgress) xhr.upload.addEventListener("progress", (e) => onProgress(e.loaded));
+    xhr.addEventListener("load", () => {
+      let json = null;
+      try {
+        json = JSON.parse(xhr.responseText);
+      } catch (e) {
+        json = null;
+      }
+      resolve({ status: xhr.status, body: json, retryAfter: xhr.getResponseHeader("Retry-After") });
+    });
+    const broke = () => resolve({ status: 0, body: null, retryAfter: null });
+    xhr.addEventListener("error", broke);
+    xhr.addEventListener("abort", broke);
+    xhr.addEventListener("timeout", broke);
+    xhr.send(body);
+  });
+}
+
+/// `request()` until it gets an answer that is not worth asking again, waiting longer each time;
+/// `onRetry(seconds)` is told of each wait.
+async function persist(request, onRetry) {
+  let res = null;
+  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+    res = await request();
+    if (!retryable(res.status) || attempt === ATTEMPTS) return res;
+    const wait = backoff(attempt, res.retryAfter);
+    if (onRetry) onRetry(wait / 1000, res.status);
+    await sleep(wait);
+  }
+  return res;
+}
+
+/// Files sent at once.
+const PARALLEL = 4;
+
+/// The upload as an open batch: `POST /api/batches/open` with the choices, each file
+/// `PUT` on its own (four at a time, each tried again on a broken connection or a server error),
+/// one progress bar for all, then `POST …/close` and the waiting page. A connection cut midway
+/// costs only the files in flight, which are sent again.
+async function upload(data, files, total, button) {
   const box = $("upload-progress");
   const bar = $("upload-bar");
   const percent = $("upload-percent");
@@ -257,26 +322,36 @@ function upload(data, total, button) {
   percent.textContent = "0 %";
   text.textContent = "";
   box.hidden = false;
+  box.dataset.retries = "0";
   button.disabled = true;
   button.textContent = "Uploading…";
   const started = performance.now();
   let samples = [{ t: started, loaded: 0 }];
-  let body = total; // the request's size, once the browser tells it
-  const show = (loaded, size) => {
-    body = size;
-    const pct = size > 0 ? Math.floor((loaded / size) * 100) : 100;
+  const loaded = files.map(() => 0);
+  let finished = 0;
+  let trouble = "";
+  const show = () => {
+    const sent = loaded.reduce((a, b) => a + b, 0);
+    const pct = total > 0 ? Math.min(100, Math.floor((sent / total) * 100)) : 100;
     bar.value = pct;
     bar.textContent = `${pct} %`;
     percent.textContent = `${pct} %`;
     const now = performance.now();
-    samples.push({ t: now, loaded });
+    samples.push({ t: now, loaded: sent });
     samples = samples.filter((s) => now - s.t <= 3000);
     const first = samples[0];
-    const rate = now > first.t ? ((loaded - first.loaded) * 1000) / (now - first.t) : 0;
-    let line = `${humanBytes(loaded)} of ${humanBytes(size)} sent`;
+    const rate = now > first.t ? ((sent - first.loaded) * 1000) / (now - first.t) : 0;
+    let line = `${finished} of ${files.length} file${files.length === 1 ? "" : "s"}, ${humanBytes(sent)} of ${humanBytes(total)} sent`;
     if (rate > 0) line += `, ${humanBytes(Math.round(rate))}/s`;
-    if (loaded < size && rate > 0) line += `, about ${humanSeconds((size - loaded) / rate)} left`;
-    text.textContent = `${line}.`;
+    if (sent < total && rate > 0) line += `, about ${humanSeconds((total - sent) / rate)} left`;
+    text.textContent = `${line}.${trouble}`;
+  };
+  const retrying = (seconds, status) => {
+    box.dataset.retries = String(Number(box.dataset.retries) + 1);
+    trouble = status === 0
+      ? ` The connection broke; trying again in ${humanSeconds(seconds)}…`
+      : ` The server is busy; trying again in ${humanSeconds(seconds)}…`;
+    show();
   };
   const fail = (message) => {
     alertText(`The upload did not go through: ${message}. Your choices are kept; you can try again.`);
@@ -284,35 +359,73 @@ function upload(data, total, button) {
     button.disabled = false;
     button.textContent = "Upload and process";
   };
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/api/batches");
-  xhr.setRequestHeader("Accept", "application/json");
-  xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : total));
-  xhr.upload.addEventListener("load", () => {
-    bar.value = 100;
-    percent.textContent = "100 %";
-    text.textContent = `${humanBytes(body)} sent in ${humanSeconds((performance.now() - started) / 1000)}; the server is storing the last file…`;
-  });
-  xhr.addEventListener("load", () => {
-    let body = null;
-    try {
-      body = JSON.parse(xhr.responseText);
-    } catch (e) {
-      body = null;
+  const failure = (res) => {
+    if (res.status === 0) return "the connection was lost";
+    let message = errorMessage(res.body, res.status);
+    if (res.retryAfter) message += ` (try again in ${res.retryAfter} s)`;
+    return message;
+  };
+
+  // The batch, made once however often the request is sent (Idempotency-Key).
+  const key = window.crypto && crypto.randomUUID
+    ? crypto.randomUUID()
+    : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const opened = await persist(
+    () => send("POST", "/api/batches/open", data, { "Idempotency-Key": key }),
+    retrying,
+  );
+  if ((opened.status !== 201 && opened.status !== 200) || !opened.body || !opened.body.files_url) {
+    fail(failure(opened));
+    return;
+  }
+  const batch = opened.body;
+  $("upload").dataset.batch = batch.id;
+  show();
+
+  // The files, a few at a time; each is named by its place, so that sending it again is harmless.
+  let next = 0;
+  let refused = null;
+  const sender = async () => {
+    while (refused === null && next < files.length) {
+      const i = next++;
+      const file = files[i];
+      const url = `${batch.files_url}/f${i}?name=${encodeURIComponent(file.name)}`;
+      const res = await persist(
+        () => {
+          loaded[i] = 0;
+          return send("PUT", url, file, {}, (n) => {
+            loaded[i] = Math.min(n, file.size);
+            show();
+          });
+        },
+        (seconds, status) => {
+          loaded[i] = 0;
+          retrying(seconds, status);
+        },
+      );
+      if (res.status !== 201 && res.status !== 200) {
+        refused = `${file.name}: ${failure(res)}`;
+        return;
+      }
+      loaded[i] = file.size;
+      finished++;
+      trouble = "";
+      show();
     }
-    if (xhr.status === 202 && body && body.page_url) {
-      text.textContent = "Uploaded. Opening your batch…";
-      window.location.assign(body.page_url);
-      return;
-    }
-    let message = errorMessage(body, xhr.status);
-    const retry = xhr.getResponseHeader("Retry-After");
-    if (retry) message += ` (try again in ${retry} s)`;
-    fail(message);
-  });
-  xhr.addEventListener("error", () => fail("the connection was lost"));
-  xhr.addEventListener("abort", () => fail("it was stopped"));
-  xhr.send(data);
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL, files.length) }, sender));
+  if (refused !== null) {
+    fail(refused);
+    return;
+  }
+
+  text.textContent = `${files.length} file${files.length === 1 ? "" : "s"} sent in ${humanSeconds((performance.now() - started) / 1000)}. Opening your batch…`;
+  const closed = await persist(() => send("POST", batch.close_url, null, {}), retrying);
+  if (closed.status !== 200) {
+    fail(failure(closed));
+    return;
+  }
+  window.location.assign(batch.page_url);
 }
 
 function setupUpload() {
@@ -385,10 +498,9 @@ function setupUpload() {
       return;
     }
     alertText(null);
-    // The choices first, then the files: the server starts on each image as it arrives.
-    const data = choices(form, limits);
-    for (const file of result.kept) data.append("files", file, file.name);
-    upload(data, result.total, button);
+    // The batch with its choices first, then the files: the server starts on each image as it
+    // arrives.
+    upload(choices(form, limits), result.kept, result.total, button);
   });
 }
 

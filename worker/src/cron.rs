@@ -24,6 +24,7 @@ pub async fn start(schedules: &Schedules, ctx: Ctx) -> anyhow::Result<JobSchedul
     let reconcile = jobs::maintenance::ReconcileSettings {
         stale_after: schedules.reconcile_after,
         upload_stale_after: ctx.settings.upload_stale(),
+        open_idle_after: ctx.settings.open_batch_idle(),
         result_ttl: ctx.settings.result_ttl(),
     };
     let ctx = Arc::new(ctx);

@@ -17,6 +17,8 @@
 //! `bench preview [requests]` times `POST /api/preview` instead (see [`preview`]), and
 //! `bench fair WORKLOAD_DIR [workers] [photos per batch] [big batch]` measures fair dispatch
 //! (see [`fair`]).
+//! `bench scale [images] [workers]` sends one open batch of 10,000 images of 640 × 480 through
+//! the API (see [`scale`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.first().is_some_and(|a| a == "fair") {
         return fair(&args[1..]).await;
+    }
+    if args.first().is_some_and(|a| a == "scale") {
+        return scale(&args[1..]).await;
     }
     let workload = PathBuf::from(
         args.first()
@@ -765,5 +770,145 @@ async fn fair(args: &[String]) -> anyhow::Result<()> {
         throughput[1],
         (throughput[0] / throughput[1] - 1.0) * 100.0
     );
+    Ok(())
+}
+
+/// Files sent at once by [`scale`].
+const SCALE_PARALLEL: usize = 8;
+
+/// One batch of `images` (10,000) JPEGs of 640 × 480 through the API as an open batch: opened,
+/// filled by [`SCALE_PARALLEL`] `PUT`s at a time, closed, processed by `workers` (2) workers,
+/// and its zip downloaded to a file and counted. Prints the times, `web`'s resident memory
+/// before, at its highest (sampled every 100 ms) and after, and whether the zip holds exactly
+/// one entry per image; the target is `web` within +64 MiB.
+async fn scale(args: &[String]) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use system_tests::open;
+
+    let images: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let workers: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2);
+    let names: Vec<String> = (0..workers).map(|i| format!("scale-worker-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sys = System::start(
+        "bench-scale",
+        Options::default()
+            .workers(&names)
+            .env("MAX_FILES_PER_BATCH", images.max(1))
+            .env("OWNER_MAX_QUEUED_IMAGES", images.max(1) * 2),
+    )
+    .await?;
+    // A few distinct photos, sent under distinct names: what is measured is the batch's size.
+    let photos: Vec<Vec<u8>> = (0..16)
+        .map(|seed| system_tests::images::photo_jpeg(640, 480, seed))
+        .collect();
+    let pid = sys.web_pid();
+    let rss = move || system_tests::proc_kib(pid, "VmRSS");
+    let before = rss();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    println!(
+        "scale: one open batch of {images} JPEGs of 640 × 480 ({} KiB on average), {SCALE_PARALLEL} \
+         PUTs at a time, {workers} worker(s), {} build; web RSS before: {} MiB",
+        photos.iter().map(Vec::len).sum::<usize>() / photos.len() / 1024,
+        std::env::var("WM_PROFILE").unwrap_or_else(|_| "dev".into()),
+        before / 1024
+    );
+    let started = Instant::now();
+    let id = open::open_ok(&sys, Some(&serde_json::json!([{"task": "watermark"}]))).await?;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..images)
+        .map(|i| {
+            let sys = &sys;
+            let id = &id;
+            let bytes = photos[i % photos.len()].clone();
+            async move {
+                let (code, body) =
+                    open::put(sys, id, &format!("f{i}"), &format!("photo-{i:05}.jpg"), bytes)
+                        .await?;
+                anyhow::ensure!(code == 201, "file {i}: {code} {body}");
+                Ok(())
+            }
+        })
+        .buffer_unordered(SCALE_PARALLEL)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let uploaded = started.elapsed();
+    let (code, closed) = open::close(&sys, &id).await?;
+    anyhow::ensure!(code == 200, "close: {code} {closed}");
+    let (code, status) = sys.get_json(&format!("/api/batches/{id}")).await?;
+    anyhow::ensure!(code == 200, "status: {code}");
+    let status_bytes = status.to_string().len();
+    let done = sys
+        .wait_final_polling(
+            &id,
+            Duration::from_secs(3 * 3600),
+            Duration::from_secs(1),
+            false,
+        )
+        .await?;
+    let processed = started.elapsed();
+    anyhow::ensure!(done["status"] == "done", "the batch: {done}");
+
+    let zip_path = sys.logs().join("scale.zip");
+    let res = sys
+        .http
+        .get(sys.url(&format!("/batches/{id}/download")))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "download: {}", res.status());
+    let mut file = tokio::fs::File::create(&zip_path).await?;
+    let mut body = res.bytes_stream();
+    let mut zip_bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        zip_bytes += chunk.len() as u64;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+    drop(file);
+    let downloaded = started.elapsed();
+    let entries = zip::ZipArchive::new(std::fs::File::open(&zip_path)?)?.len();
+    sampler.abort();
+    let after = rss();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(after);
+    println!(
+        "uploaded in {:.1} s ({:.0} files/s); done {:.1} s after the start; zip of {} MiB \
+         downloaded {:.1} s after the start",
+        uploaded.as_secs_f64(),
+        images as f64 / uploaded.as_secs_f64(),
+        processed.as_secs_f64(),
+        zip_bytes >> 20,
+        downloaded.as_secs_f64()
+    );
+    println!(
+        "status JSON with its images: {} KiB (the first {} images listed)",
+        status_bytes / 1024,
+        status["images"].as_array().map_or(0, Vec::len)
+    );
+    let growth = peak.saturating_sub(before);
+    println!(
+        "web RSS: {} MiB before, {} MiB at most, {} MiB after: +{} MiB at most ({} the +64 MiB \
+         target)",
+        before / 1024,
+        peak / 1024,
+        after / 1024,
+        growth / 1024,
+        if growth <= 64 * 1024 { "within" } else { "over" }
+    );
+    println!(
+        "zip entries: {entries} of {images} ({})",
+        if entries == images { "exactly" } else { "WRONG" }
+    );
+    let _ = std::fs::remove_file(&zip_path);
+    sys.shutdown().await;
+    anyhow::ensure!(entries == images, "the zip holds {entries} entries, not {images}");
     Ok(())
 }
