@@ -779,12 +779,10 @@ pub async fn cancelled_to_purge(db: &Db, limit: i64) -> Result<Vec<BatchId>, sql
 
 /// Notes that a cancelled batch's files are deleted (its status stays `cancelled`).
 pub async fn cancelled_purged(db: &Db, batch: BatchId) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE batches SET expired_at = now() WHERE id = $1 AND status = 'cancelled'",
-    )
-    .bind(batch)
-    .execute(db)
-    .await?;
+    sqlx::query("UPDATE batches SET expired_at = now() WHERE id = $1 AND status = 'cancelled'")
+        .bind(batch)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

@@ -151,7 +151,12 @@ pub fn check_logo(bytes: &[u8]) -> Result<(Format, u32, u32), String> {
         .ok_or_else(|| format!("the logo is not an image we can read (expected {ACCEPTED})"))?;
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_dimensions()
-        .map_err(|e| format!("the logo cannot be used: the image is damaged or truncated: {}", readable(&e.to_string())))?;
+        .map_err(|e| {
+            format!(
+                "the logo cannot be used: the image is damaged or truncated: {}",
+                readable(&e.to_string())
+            )
+        })?;
     let limits = Limits {
         max_pixels: MAX_LOGO_PIXELS,
         jpeg_quality: 90,
@@ -669,7 +674,11 @@ mod tests {
             matches!(&err, ProcessError::Task { task: "tenfold", message } if message.contains("6000 × 4000")),
             "{err}"
         );
-        assert_eq!(applied.load(Ordering::SeqCst), 0, "refused before any step ran");
+        assert_eq!(
+            applied.load(Ordering::SeqCst),
+            0,
+            "refused before any step ran"
+        );
         assert_eq!(
             pipeline.output_size(300, 200, &LIMITS).map_err(|e| e.to_string()),
             Err("tenfold failed: the result would be 6000 × 4000 pixels, more than the limit of 1000000 pixels".into())
@@ -680,10 +689,7 @@ mod tests {
         ]))
         .expect("valid");
         let err = process(&jpeg(300, 200), &enlarge, &LIMITS).expect_err("too big");
-        assert!(
-            err.to_string().contains("20000 × 13333"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("20000 × 13333"), "{err}");
     }
 
     /// A logo is checked from its header alone: its type and dimensions, never its pixels.

@@ -657,10 +657,7 @@ async fn slow_batch(system: &System, tag: &str, n: usize) -> anyhow::Result<Stri
             (format!("{tag}-{i}.png"), bytes)
         })
         .collect();
-    let refs: Vec<(&str, Vec<u8>)> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     system.submit_ok(&refs, None).await
 }
 
@@ -684,11 +681,17 @@ async fn cancel_pass(system: &System, logs: &Path) -> anyhow::Result<()> {
     // Asked, and dismissed: nothing happens.
     browser.by_id("cancel").await?.click().await?;
     let asked = browser.client.get_alert_text().await?;
-    ensure!(asked.contains("Cancel this batch?"), "the question: {asked:?}");
+    ensure!(
+        asked.contains("Cancel this batch?"),
+        "the question: {asked:?}"
+    );
     browser.client.dismiss_alert().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, now) = system.summary(&id).await?;
-    ensure!(now["status"] != "cancelled", "a dismissed question cancelled: {now}");
+    ensure!(
+        now["status"] != "cancelled",
+        "a dismissed question cancelled: {now}"
+    );
     let enabled = browser
         .js("return !document.getElementById('cancel').disabled")
         .await?;
@@ -737,7 +740,11 @@ async fn cancel_pass(system: &System, logs: &Path) -> anyhow::Result<()> {
         .post(system.url(&format!("/api/batches/{other}/cancel")))
         .send()
         .await?;
-    ensure!(res.status().as_u16() == 200, "the API cancel: {}", res.status());
+    ensure!(
+        res.status().as_u16() == 200,
+        "the API cancel: {}",
+        res.status()
+    );
     browser
         .wait_for(
             "the open page shows the cancel made elsewhere, without a reload",

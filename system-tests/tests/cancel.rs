@@ -218,7 +218,10 @@ async fn a_batch_cancelled_midway_stops_and_its_files_go() {
     let (code, after) = sys.status(&id).await.expect("the status");
     assert_eq!(code, 200);
     assert_eq!(after["status"], "cancelled", "{after}");
-    assert_eq!(after["done"], done_at_cancel, "no image counted after the cancel: {after}");
+    assert_eq!(
+        after["done"], done_at_cancel,
+        "no image counted after the cancel: {after}"
+    );
     assert_eq!(
         count(
             &sys,
@@ -310,13 +313,12 @@ async fn a_batch_cancelled_midway_stops_and_its_files_go() {
         .expect("the purge runs");
     assert!(report.batches >= 1, "{report:?}");
     assert!(objects_of(&sys, &id).await.is_empty());
-    let (status, purged): (String, bool) = sqlx::query_as(
-        "SELECT status, expired_at IS NOT NULL FROM batches WHERE id = $1",
-    )
-    .bind(uuid)
-    .fetch_one(&sys.db)
-    .await
-    .expect("the batch");
+    let (status, purged): (String, bool) =
+        sqlx::query_as("SELECT status, expired_at IS NOT NULL FROM batches WHERE id = $1")
+            .bind(uuid)
+            .fetch_one(&sys.db)
+            .await
+            .expect("the batch");
     assert_eq!((status.as_str(), purged), ("cancelled", true));
 
     // A finished batch cannot be cancelled; an unknown one is not found.
@@ -335,7 +337,10 @@ async fn a_batch_cancelled_midway_stops_and_its_files_go() {
     let (code, body) = cancel(&sys, &quick, None).await;
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"]["code"], "finished", "{body}");
-    assert_eq!(sys.status(&quick).await.expect("status").1["status"], "done");
+    assert_eq!(
+        sys.status(&quick).await.expect("status").1["status"],
+        "done"
+    );
     let (code, body) = cancel(&sys, &uuid::Uuid::new_v4().to_string(), None).await;
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");

@@ -28,11 +28,7 @@ fn formula(base: u64) -> u64 {
     let per_render = 4_000_000 * 32 + 2048 * 2048 * 8; // MAX_PIXELS × 32 B + logo × 8 B
     let kept = 8 * 640 * 427 * 4; // sample-sized marks kept
     let runtime = 64 * MIB; // connections' buffers, the allocator's slack
-    base + uploads * per_upload
-        + receiving * preview_body
-        + rendering * per_render
-        + kept
-        + runtime
+    base + uploads * per_upload + receiving * preview_body + rendering * per_render + kept + runtime
 }
 
 /// `POST /monitor/sign-in` with a 256 MiB form body, declared by `Content-Length` or chunked,
@@ -161,7 +157,10 @@ async fn hostile_requests_all_at_once_stay_within_the_formula() {
         let (status, body) = u.await.expect("joined");
         assert_eq!(status, 400, "the upload with a huge logo: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains("logo") && message.contains("4000 × 4000"), "{message}");
+        assert!(
+            message.contains("logo") && message.contains("4000 × 4000"),
+            "{message}"
+        );
     }
     let done = sys
         .wait_final(&ordinary, Duration::from_secs(60))

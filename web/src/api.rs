@@ -235,6 +235,8 @@ pub async fn usage(
         },
         usage: used,
     }))
+}
+
 /// `POST /api/batches/{id}/cancel`: stops a batch.
 #[utoipa::path(
     post,

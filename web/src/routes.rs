@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue};
 use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
@@ -25,9 +25,9 @@ pub const MAX_TINY_BYTES: usize = 1024;
 /// (chunked) is cut at the limit by the extractors that read it (413 too).
 fn limited(route: MethodRouter<AppState>, limit: usize) -> MethodRouter<AppState> {
     route
-        .layer(axum::middleware::map_request(move |r: Request| async move {
-            declared(r, limit)
-        }))
+        .layer::<_, std::convert::Infallible>(axum::middleware::map_request(
+            move |r: Request| async move { declared(r, limit) },
+        ))
         .layer(DefaultBodyLimit::max(limit))
 }
 
@@ -45,7 +45,7 @@ fn declared(request: Request, limit: usize) -> Result<Request, Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match length {
-        Some(n) if n > limit as u64 => Err(crate::api::ApiError(crate::error::AppError::TooLarge(
+        Some(n) if n > limit as u64 => Err(api::ApiError(crate::error::AppError::TooLarge(
             format!(
                 "the body is larger than this route's limit of {}",
                 crate::format::human_bytes(limit as u64)
@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
     // Upload bodies must keep a pace (UPLOAD_MIN_BYTES_PER_SECOND over UPLOAD_WINDOW_SECONDS).
     let window = Duration::from_secs(state.settings.upload_window_seconds);
     let min_rate = state.settings.upload_min_bytes_per_second;
-    let paced = axum::middleware::map_request(move |request: axum::extract::Request| async move {
+    let paced = axum::middleware::map_request(move |request: Request| async move {
         crate::pace::pace(request, window, min_rate)
     });
     // Every route has its own body limit (see [`limited`]); uploads alone have none here, being

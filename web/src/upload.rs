@@ -115,7 +115,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let settings = &state.settings;
-    let quota = jobs::owners::Quota::of(owner, settings);
+    let quota = Quota::of(owner, settings);
     // One batch more than the owner may make a minute is refused before its body is read.
     let used = jobs::owners::usage(&state.db, owner.id).await?;
     quota.limits.check_new_batch(&used)?;
@@ -403,7 +403,10 @@ impl Recorder {
 
 /// The `callback_url` field: empty means none (the form's field, left blank); otherwise it must
 /// pass [`jobs::webhook::check_callback_url`], and webhooks must be on (`WEBHOOK_SECRET`).
-pub(crate) fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
+pub(crate) fn callback_url(
+    settings: &jobs::Settings,
+    value: &str,
+) -> Result<Option<String>, AppError> {
     if value.trim().is_empty() {
         return Ok(None);
     }
