@@ -102,8 +102,7 @@ pub async fn reconcile(
         tracing::warn!(%batch, "failed an upload that never finished");
     }
 
-    let idle =
-        crate::open::close_idle(db, settings.open_idle_after, settings.result_ttl).await?;
+    let idle = crate::open::close_idle(db, settings.open_idle_after, settings.result_ttl).await?;
     if idle != Default::default() {
         report.open_closed = idle.closed;
         report.open_failed = idle.failed_empty;

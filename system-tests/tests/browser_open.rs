@@ -70,9 +70,11 @@ async fn run(system: &System, logs: &std::path::Path) -> anyhow::Result<()> {
         .await?;
     // What the page did, kept across its navigation to the waiting page.
     browser
-        .js("window.addEventListener('pagehide', () => sessionStorage.setItem('retries',
+        .js(
+            "window.addEventListener('pagehide', () => sessionStorage.setItem('retries',
                document.getElementById('upload-progress').dataset.retries || '0'));
-             return true;")
+             return true;",
+        )
         .await?;
     browser.by_id("submit").await?.click().await?;
 

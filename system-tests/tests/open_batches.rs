@@ -71,9 +71,13 @@ async fn an_open_batch_takes_files_in_parallel_processes_them_at_once_and_zips_e
     assert_eq!(code, 201, "{added}");
     assert_eq!(added["position"], 0);
     assert_eq!(added["file_id"], "f0");
-    let status = wait_for(&sys, &id, Duration::from_secs(30), "the first image done", |b| {
-        b["done"].as_i64() >= Some(1)
-    })
+    let status = wait_for(
+        &sys,
+        &id,
+        Duration::from_secs(30),
+        "the first image done",
+        |b| b["done"].as_i64() >= Some(1),
+    )
     .await;
     assert_eq!(status["status"], "open", "processing started before close");
 
@@ -172,7 +176,9 @@ async fn a_bad_file_fails_alone_and_closing_a_finished_batch_ends_it_at_once() {
     let sys = System::start("open-bad-file", Options::default())
         .await
         .expect("system starts");
-    let id = open_ok(&sys, Some(&checks::pipeline())).await.expect("open");
+    let id = open_ok(&sys, Some(&checks::pipeline()))
+        .await
+        .expect("open");
     let sent = checks::batch("good", 3, false);
     for (i, s) in sent.iter().enumerate() {
         let (code, body) = put(&sys, &id, &format!("g{i}"), &s.name, s.bytes.clone())
@@ -180,13 +186,22 @@ async fn a_bad_file_fails_alone_and_closing_a_finished_batch_ends_it_at_once() {
             .expect("put");
         assert_eq!(code, 201, "{body}");
     }
-    let (code, bad) = put(&sys, &id, "bad", "notes.jpg", b"not an image at all".repeat(10))
-        .await
-        .expect("put a bad file");
+    let (code, bad) = put(
+        &sys,
+        &id,
+        "bad",
+        "notes.jpg",
+        b"not an image at all".repeat(10),
+    )
+    .await
+    .expect("put a bad file");
     assert_eq!(code, 201, "{bad}");
     assert_eq!(bad["status"], "failed", "{bad}");
     assert!(
-        bad["error"].as_str().unwrap_or_default().contains("not an image"),
+        bad["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not an image"),
         "{bad}"
     );
     let (code, empty) = put(&sys, &id, "empty", "empty.png", Vec::new())
@@ -200,9 +215,13 @@ async fn a_bad_file_fails_alone_and_closing_a_finished_batch_ends_it_at_once() {
     assert_eq!(code, 400, "{body}");
 
     // Everything is finished while the batch is still open: it waits for its close…
-    let status = wait_for(&sys, &id, Duration::from_secs(30), "every image finished", |b| {
-        b["done"].as_i64().unwrap_or(0) + b["failed"].as_i64().unwrap_or(0) == 5
-    })
+    let status = wait_for(
+        &sys,
+        &id,
+        Duration::from_secs(30),
+        "every image finished",
+        |b| b["done"].as_i64().unwrap_or(0) + b["failed"].as_i64().unwrap_or(0) == 5,
+    )
     .await;
     assert_eq!(status["status"], "open", "{status}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -223,7 +242,12 @@ async fn a_bad_file_fails_alone_and_closing_a_finished_batch_ends_it_at_once() {
     names.sort();
     assert_eq!(
         names,
-        ["FAILED-FILES.txt", "good-000.png", "good-001.png", "good-002.png"]
+        [
+            "FAILED-FILES.txt",
+            "good-000.png",
+            "good-001.png",
+            "good-002.png"
+        ]
     );
 
     // Closing an empty batch fails it with its reason.
@@ -232,7 +256,10 @@ async fn a_bad_file_fails_alone_and_closing_a_finished_batch_ends_it_at_once() {
     assert_eq!(code, 200, "{closed}");
     assert_eq!(closed["status"], "failed", "{closed}");
     assert!(
-        closed["error"].as_str().unwrap_or_default().contains("without any file"),
+        closed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without any file"),
         "{closed}"
     );
     // Unknown batches are 404.
@@ -254,12 +281,20 @@ async fn an_idle_open_batch_is_closed_by_the_reconciler_and_an_empty_one_failed(
     )
     .await
     .expect("system starts");
-    let with_files = open_ok(&sys, Some(&checks::pipeline())).await.expect("open");
+    let with_files = open_ok(&sys, Some(&checks::pipeline()))
+        .await
+        .expect("open");
     let sent = checks::batch("idle", 2, false);
     for (i, s) in sent.iter().enumerate() {
-        let (code, body) = put(&sys, &with_files, &format!("i{i}"), &s.name, s.bytes.clone())
-            .await
-            .expect("put");
+        let (code, body) = put(
+            &sys,
+            &with_files,
+            &format!("i{i}"),
+            &s.name,
+            s.bytes.clone(),
+        )
+        .await
+        .expect("put");
         assert_eq!(code, 201, "{body}");
     }
     let empty = open_ok(&sys, None).await.expect("open");
@@ -288,7 +323,9 @@ async fn an_idle_open_batch_is_closed_by_the_reconciler_and_an_empty_one_failed(
         .await
         .expect("closed by the reconciler and finished");
     assert_eq!(done["status"], "done", "{done}");
-    verify_batch(&sys, &with_files, &sent).await.expect("its zip");
+    verify_batch(&sys, &with_files, &sent)
+        .await
+        .expect("its zip");
     for id in [&empty, &third] {
         let failed = sys
             .wait_final(id, Duration::from_secs(30))
@@ -343,8 +380,12 @@ async fn only_its_key_adds_to_a_keyed_batch_and_limits_hold_per_file() {
     assert_eq!(code, 201, "{body}");
     let id = body["id"].as_str().expect("an id").to_owned();
     // The same Idempotency-Key from another owner is another batch.
-    let (_, a) = open(&sys, None, Some("same"), Some(&mine)).await.expect("open");
-    let (_, b) = open(&sys, None, Some("same"), Some(&theirs)).await.expect("open");
+    let (_, a) = open(&sys, None, Some("same"), Some(&mine))
+        .await
+        .expect("open");
+    let (_, b) = open(&sys, None, Some("same"), Some(&theirs))
+        .await
+        .expect("open");
     assert_ne!(a["id"], b["id"]);
 
     let png = checks::batch("k", 4, false);
@@ -358,28 +399,53 @@ async fn only_its_key_adds_to_a_keyed_batch_and_limits_hold_per_file() {
     assert_eq!(code, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
     for (i, s) in png.iter().take(3).enumerate() {
-        let (code, body) =
-            put_with(&sys, &id, &format!("k{i}"), &s.name, s.bytes.clone(), Some(&mine))
-                .await
-                .expect("put");
-        assert_eq!(code, 201, "{body}");
-    }
-    let (code, body) = put_with(&sys, &id, "k3", &png[3].name, png[3].bytes.clone(), Some(&mine))
+        let (code, body) = put_with(
+            &sys,
+            &id,
+            &format!("k{i}"),
+            &s.name,
+            s.bytes.clone(),
+            Some(&mine),
+        )
         .await
         .expect("put");
+        assert_eq!(code, 201, "{body}");
+    }
+    let (code, body) = put_with(
+        &sys,
+        &id,
+        "k3",
+        &png[3].name,
+        png[3].bytes.clone(),
+        Some(&mine),
+    )
+    .await
+    .expect("put");
     assert_eq!(code, 413, "MAX_FILES_PER_BATCH: {body}");
 
     // A key allowed one queued image: the second file waits for the first.
     let their_batch = b["id"].as_str().expect("an id");
-    let (code, body) =
-        put_with(&sys, their_batch, "t0", "t0.png", png[0].bytes.clone(), Some(&theirs))
-            .await
-            .expect("put");
+    let (code, body) = put_with(
+        &sys,
+        their_batch,
+        "t0",
+        "t0.png",
+        png[0].bytes.clone(),
+        Some(&theirs),
+    )
+    .await
+    .expect("put");
     assert_eq!(code, 201, "{body}");
-    let (code, body) =
-        put_with(&sys, their_batch, "t1", "t1.png", png[1].bytes.clone(), Some(&theirs))
-            .await
-            .expect("put");
+    let (code, body) = put_with(
+        &sys,
+        their_batch,
+        "t1",
+        "t1.png",
+        png[1].bytes.clone(),
+        Some(&theirs),
+    )
+    .await
+    .expect("put");
     assert_eq!(code, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limited");
     assert_eq!(

@@ -501,11 +501,7 @@ async fn add_file(
                 state.dispatch.request();
             }
             tracing::debug!(batch = %target.id, position = recorded.position, "file added");
-            Ok((
-                StatusCode::CREATED,
-                Json(AddedFile::new(file_id, recorded)),
-            )
-                .into_response())
+            Ok((StatusCode::CREATED, Json(AddedFile::new(file_id, recorded))).into_response())
         }
         Ok(Added::Again(earlier)) => {
             forget("sent twice at once").await;
@@ -725,10 +721,7 @@ mod tests {
         assert_eq!(idempotency_key(&h).expect("ok").as_deref(), Some("abc-123"));
         h.insert("idempotency-key", "a b".parse().expect("a value"));
         assert!(idempotency_key(&h).is_err());
-        h.insert(
-            "idempotency-key",
-            "k".repeat(256).parse().expect("a value"),
-        );
+        h.insert("idempotency-key", "k".repeat(256).parse().expect("a value"));
         assert!(idempotency_key(&h).is_err());
     }
 }

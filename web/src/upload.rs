@@ -400,7 +400,10 @@ impl Recorder {
 
 /// The `callback_url` field: empty means none (the form's field, left blank); otherwise it must
 /// pass [`jobs::webhook::check_callback_url`], and webhooks must be on (`WEBHOOK_SECRET`).
-pub(crate) fn callback_url(settings: &jobs::Settings, value: &str) -> Result<Option<String>, AppError> {
+pub(crate) fn callback_url(
+    settings: &jobs::Settings,
+    value: &str,
+) -> Result<Option<String>, AppError> {
     if value.trim().is_empty() {
         return Ok(None);
     }

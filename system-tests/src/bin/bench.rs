@@ -303,7 +303,9 @@ fn apply_cpu(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no cpu figure in {err:?}"))?;
     let per_image = ms / runs as f64;
-    Ok(Duration::from_secs_f64(per_image * files.len() as f64 / 1000.0))
+    Ok(Duration::from_secs_f64(
+        per_image * files.len() as f64 / 1000.0,
+    ))
 }
 
 /// Sequential GETs of objects of a few sizes from the local store, four ways: the SDK's own
@@ -592,7 +594,11 @@ async fn scale(args: &[String]) -> anyhow::Result<()> {
     use futures::StreamExt;
     use system_tests::open;
 
-    let images: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let images: usize = args
+        .first()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
     let workers: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2);
     let names: Vec<String> = (0..workers).map(|i| format!("scale-worker-{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -636,9 +642,14 @@ async fn scale(args: &[String]) -> anyhow::Result<()> {
             let id = &id;
             let bytes = photos[i % photos.len()].clone();
             async move {
-                let (code, body) =
-                    open::put(sys, id, &format!("f{i}"), &format!("photo-{i:05}.jpg"), bytes)
-                        .await?;
+                let (code, body) = open::put(
+                    sys,
+                    id,
+                    &format!("f{i}"),
+                    &format!("photo-{i:05}.jpg"),
+                    bytes,
+                )
+                .await?;
                 anyhow::ensure!(code == 201, "file {i}: {code} {body}");
                 Ok(())
             }
@@ -708,14 +719,25 @@ async fn scale(args: &[String]) -> anyhow::Result<()> {
         peak / 1024,
         after / 1024,
         growth / 1024,
-        if growth <= 64 * 1024 { "within" } else { "over" }
+        if growth <= 64 * 1024 {
+            "within"
+        } else {
+            "over"
+        }
     );
     println!(
         "zip entries: {entries} of {images} ({})",
-        if entries == images { "exactly" } else { "WRONG" }
+        if entries == images {
+            "exactly"
+        } else {
+            "WRONG"
+        }
     );
     let _ = std::fs::remove_file(&zip_path);
     sys.shutdown().await;
-    anyhow::ensure!(entries == images, "the zip holds {entries} entries, not {images}");
+    anyhow::ensure!(
+        entries == images,
+        "the zip holds {entries} entries, not {images}"
+    );
     Ok(())
 }
