@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use jobs::domain::keys;
 use jobs::names::display_name;
@@ -329,7 +329,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 }
 
 /// The query of `PUT /api/batches/{id}/files/{file_id}`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize)]
 pub struct FileQuery {
     /// The file's name, as the zip and the status show it (the `file_id` when left out).
     pub name: Option<String>,
@@ -380,7 +380,7 @@ async fn target_for_change(
     params(
         ("id" = String, Path, format = Uuid, description = "The batch's id"),
         ("file_id" = String, Path, description = "The client's id of the file: 1–64 of `A-Z a-z 0-9 _ -`, unique in the batch"),
-        FileQuery,
+        ("name" = Option<String>, Query, description = "The file's name, as the zip and the status show it (the `file_id` when left out)"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file"),
     responses(
@@ -634,7 +634,7 @@ pub async fn close(
 }
 
 /// The query of `GET /api/batches/{id}/images`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize)]
 pub struct PageQuery {
     /// Only images after this position (the last `position` of the page before).
     pub after: Option<i32>,
@@ -658,7 +658,11 @@ pub struct ImagePage {
     tag = "batches",
     summary = "A batch's images, page by page",
     description = "The images in order, from after `after`, at most `limit`: a batch's status lists only its first 1,000.",
-    params(("id" = String, Path, format = Uuid, description = "The batch's id"), PageQuery),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The batch's id"),
+        ("after" = Option<i32>, Query, description = "Only images after this position (the last `position` of the page before)"),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1–1000 (1000 when left out)"),
+    ),
     responses(
         (status = 200, description = "A page of images", body = ImagePage),
         (status = 400, description = "A query that does not parse, or a limit out of 1–1000 (`bad_request`)", body = ErrorBody),

@@ -670,7 +670,9 @@ async fn the_openapi_document_describes_every_api_route_and_its_errors() {
             );
             // The router takes it: a placeholder id gets the route's own answer, never the
             // fallback's.
-            let concrete = path.replace("{id}", &uuid_like());
+            let concrete = path
+                .replace("{id}", &uuid_like())
+                .replace("{file_id}", "f1");
             let request = Request::builder()
                 .method(method.to_uppercase().as_str())
                 .uri(&concrete)
