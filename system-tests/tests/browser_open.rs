@@ -139,7 +139,10 @@ async fn run(system: &System, logs: &std::path::Path) -> anyhow::Result<()> {
     ensure!(code == 200, "download: {code}");
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip))?;
     let mut names: Vec<String> = (0..zip.len())
-        .map(|i| zip.by_index(i).map(|e| e.name().to_owned()))
+        .map(|i| {
+            zip.by_index(i)
+                .and_then(|e| e.name().map(|n| n.into_owned()))
+        })
         .collect::<Result<_, _>>()?;
     names.sort();
     let expected: Vec<String> = (0..FILES).map(|i| format!("photo-{i:02}.jpg")).collect();

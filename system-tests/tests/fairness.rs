@@ -78,8 +78,12 @@ impl Sampler {
 
     async fn stop(self) -> (i64, i64) {
         self.stop.store(true, Ordering::Relaxed);
+        let most = (self.redis.clone(), self.postgres.clone());
         let _ = self.task.await;
-        self.most()
+        (
+            most.0.load(Ordering::Relaxed),
+            most.1.load(Ordering::Relaxed),
+        )
     }
 }
 

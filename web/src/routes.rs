@@ -45,13 +45,13 @@ fn declared(request: Request, limit: usize) -> Result<Request, Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match length {
-        Some(n) if n > limit as u64 => Err(api::ApiError(crate::error::AppError::TooLarge(
-            format!(
+        Some(n) if n > limit as u64 => {
+            Err(api::ApiError(crate::error::AppError::TooLarge(format!(
                 "the body is larger than this route's limit of {}",
                 crate::format::human_bytes(limit as u64)
-            ),
-        ))
-        .into_response()),
+            )))
+            .into_response())
+        }
         _ => Ok(request),
     }
 }

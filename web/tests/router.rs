@@ -592,7 +592,7 @@ async fn the_pages_carry_what_the_script_and_assistive_technology_need() {
 }
 
 /// Every route of the API, as the router has them: the OpenAPI document must describe each.
-const API_ROUTES: [(&str, &str); 19] = [
+const API_ROUTES: [(&str, &str); 20] = [
     ("post", "/api/batches"),
     ("post", "/api/batches/open"),
     ("put", "/api/batches/{id}/files/{file_id}"),

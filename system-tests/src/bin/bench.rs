@@ -669,8 +669,9 @@ async fn fair(args: &[String]) -> anyhow::Result<()> {
 
         // A's five batches, sent at once; then B's one-image batches until A's are done.
         let started = Instant::now();
+        let files = as_files(&photos);
         let ids = futures::future::try_join_all(
-            (0..5).map(|_| submit_as(&sys, &a, &as_files(&photos), Some(&default))),
+            (0..5).map(|_| submit_as(&sys, &a, &files, Some(&default))),
         )
         .await?;
         let uploaded = started.elapsed();
