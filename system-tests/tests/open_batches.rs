@@ -167,7 +167,12 @@ async fn an_open_batch_takes_files_in_parallel_processes_them_at_once_and_zips_e
     .fetch_all(&sys.db)
     .await
     .expect("events");
-    assert_eq!(events, ["batch.uploaded", "batch.archived"], "{events:?}");
+    // verify_batch downloaded the zip.
+    assert_eq!(
+        events,
+        ["batch.uploaded", "batch.archived", "batch.downloaded"],
+        "{events:?}"
+    );
     sys.shutdown().await;
 }
 
