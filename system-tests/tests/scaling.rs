@@ -242,8 +242,10 @@ async fn statements_and_commands_per_image_and_per_batch_stay_within_budget() {
     );
     // Budgets a little above what was measured when they were set (docs/scaling.md); a change
     // that costs more per image must say so here and there.
+    // Fair dispatch refills the window after every image while a backlog waits: 2 statements of
+    // the image's own and 4–5 of a dispatch (docs/scaling.md, "Fair dispatch"); 6.6 measured.
     assert!(
-        per_image.pg_calls() < 4.0,
+        per_image.pg_calls() < 8.0,
         "{:.2} statements per image",
         per_image.pg_calls()
     );

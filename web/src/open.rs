@@ -283,11 +283,8 @@ async fn form_choices(
             }
             "logo" if buf.is_empty() => {}
             "logo" => {
-                let check = buf.clone();
-                tokio::task::spawn_blocking(move || jobs::pipeline::decode_logo(&check))
-                    .await
-                    .map_err(|e| AppError::Internal(e.into()))?
-                    .map_err(AppError::BadRequest)?;
+                // Its header only (type and size): `web` never decodes a logo.
+                jobs::pipeline::check_logo(&buf).map_err(AppError::BadRequest)?;
                 choices.logo = true;
                 logo = Some(buf);
             }
