@@ -695,7 +695,7 @@ async fn fair(args: &[String]) -> anyhow::Result<()> {
         let mut waits = b_task.await??;
         let image_ms: Option<f64> = sqlx::query_scalar(
             "SELECT (percentile_cont(0.5) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000)::float8
+                        (ORDER BY extract(epoch FROM i.finished_at - i.started_at)) * 1000)::float8
              FROM images i JOIN batches b ON b.id = i.batch_id JOIN owners o ON o.id = b.owner_id
              WHERE o.label = 'A' AND i.status = 'done'",
         )
