@@ -686,22 +686,6 @@ pub async fn mark_failed(
 /// The reason a cancelled batch shows.
 pub const CANCELLED_REASON: &str = "cancelled by its owner";
 
-/// Who a batch belongs to: its owner's id and kind (`None` for batches made before owners).
-pub async fn batch_owner(
-    db: &Db,
-    batch: BatchId,
-) -> Result<Option<(Option<OwnerId>, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT b.owner_id, o.kind FROM batches b LEFT JOIN owners o ON o.id = b.owner_id
-         WHERE b.id = $1",
-    )
-    .bind(batch)
-    .fetch_optional(db)
-    .await?;
-    row.map(|r| Ok((r.try_get("owner_id")?, r.try_get("kind")?)))
-        .transpose()
-}
-
 /// What [`cancel_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancel {

@@ -264,18 +264,10 @@ pub async fn cancel(
 ) -> Result<Json<BatchView>, ApiError> {
     let batch: jobs::BatchId = id.parse().map_err(|_| AppError::NotFound)?;
     let owner = crate::owner::resolve_for(&state, &headers, peer, Scope::Submit).await?;
-    let (owner_id, kind) = jobs::db::batch_owner(&state.db, batch)
+    let target = jobs::open::target(&state.db, batch)
         .await?
         .ok_or(AppError::NotFound)?;
-    // A key's batch: only that key, or an admin key. An anonymous batch (or one made before
-    // owners): its id is the capability.
-    if kind.as_deref() == Some("key") && owner_id != Some(owner.id) && !owner.is_admin() {
-        return Err(AppError::Forbidden(
-            "this batch belongs to another API key; only that key (or an admin key) may cancel it"
-                .into(),
-        )
-        .into());
-    }
+    crate::owner::may_change(&owner, target.owner, target.owned_by_key, "cancel it")?;
     match jobs::db::cancel_batch(&state.db, batch).await? {
         jobs::db::Cancel::Cancelled => {
             tracing::info!(%batch, "batch cancelled by its owner");

@@ -358,11 +358,7 @@ async fn target_for_change(
     }
     if target.owned_by_key {
         let owner = crate::owner::resolve_for(state, headers, peer, Scope::Submit).await?;
-        if Some(owner.id) != target.owner && !owner.is_admin() {
-            return Err(AppError::Forbidden(
-                "this batch belongs to another API key".into(),
-            ));
-        }
+        crate::owner::may_change(&owner, target.owner, true, "change it")?;
     }
     Ok(target)
 }

@@ -111,6 +111,23 @@ pub async fn resolve_for(
     Ok(owner)
 }
 
+/// Whether `owner` may change a batch that `batch_owner` made: a key's batch only that key or
+/// an admin key may change; an anonymous batch (or one made before owners) is changed by anyone
+/// who holds its id, the id being the capability. `action` ends the refusal's message.
+pub fn may_change(
+    owner: &Owner,
+    batch_owner: Option<jobs::OwnerId>,
+    owned_by_key: bool,
+    action: &str,
+) -> Result<(), AppError> {
+    if owned_by_key && batch_owner != Some(owner.id) && !owner.is_admin() {
+        return Err(AppError::Forbidden(format!(
+            "this batch belongs to another API key; only that key (or an admin key) may {action}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
