@@ -126,8 +126,8 @@ pub struct Settings {
     #[arg(long, env = "MAX_IMAGE_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_image_attempts: u32,
 
-    /// Most image jobs in Redis at once. The window is twice the image slots of the live workers
-    /// (their WORKER_CONCURRENCY summed), capped by this; the rest of a backlog waits in
+    /// Most image jobs in Redis at once. The window is three times the image slots of the live
+    /// workers (their WORKER_CONCURRENCY summed), capped by this; the rest of a backlog waits in
     /// Postgres, where the dispatcher picks fairly among owners. Keep it well under 8,000
     /// (apalis-redis fails when that many jobs fall due at once).
     #[arg(long, env = "DISPATCH_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]

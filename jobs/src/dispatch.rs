@@ -3,25 +3,26 @@
 //! retry, or running), so a backlog of any size stays in Postgres and never reaches the
 //! apalis-redis limit on jobs due at once (about 8,000 kill every worker).
 //!
-//! The window follows live capacity: twice the image slots of the live workers (the `workers`
-//! table: the sum of `concurrency` over workers seen in the last
-//! [`crate::db::LIVE_WORKER_SECONDS`]), at most `DISPATCH_WINDOW`, at least 1. One slot's worth
-//! waits in Redis behind the running images, enough to keep every slot busy between two
-//! dispatches, and little enough that a newcomer's image waits behind about one image per slot.
+//! The window follows live capacity: three times the image slots of the live workers (the
+//! `workers` table: the sum of `concurrency` over workers seen in the last
+//! [`crate::db::LIVE_WORKER_SECONDS`]), at most `DISPATCH_WINDOW`, at least 1. Two slots' worth
+//! wait in Redis behind the running images, enough to keep every slot busy between two
+//! dispatches (a worker asks for one after every `concurrency` images it finishes).
 //!
 //! What fills the window is fair ([`pick`]): weighted round-robin across owners
 //! (`batches.owner_id`; the batches of no owner count as one owner; `owners.weight`), by stride
 //! scheduling with each owner's pass kept in `dispatch_passes`, then across an owner's batches
-//! (the one with the fewest images in Redis), then by position in a batch. The workers take jobs
-//! first in, first out, so the order of the pushes is the order of the work.
+//! (the one with the fewest images in Redis), then by position in a batch. An owner with
+//! nothing in Redis is picked first: its first image goes to the head of the queue, even beyond
+//! a full window (by one job per such owner), so that it starts when the first slot frees.
 //!
 //! The dispatcher also notices when Redis has lost its data (the epoch key is gone: a restart
 //! without persistence, a `FLUSHALL`, a failover to an empty replica) and hands every image that
 //! Redis held back to the queue at once, instead of waiting for the reconciler.
 //!
-//! Dispatchers run in every worker (after every image a worker finishes, and every poll
-//! interval) and in `web` (right after a batch or a file is recorded); a Postgres advisory lock
-//! makes them take turns. A dispatch costs the same few statements whatever it pushes (see
+//! Dispatchers run in every worker (after every `concurrency` images a worker finishes, and
+//! every poll interval) and in `web` (right after a batch or a file is recorded); a Postgres
+//! advisory lock makes them take turns. A dispatch costs the same few statements whatever it pushes (see
 //! `docs/scaling.md`).
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use crate::queue::Queues;
 const DISPATCH_LOCK: i64 = 0x776d_6469_7370_6174; // "wmdispat"
 
 /// Jobs allowed in Redis per live image slot.
-pub const JOBS_PER_SLOT: u32 = 2;
+pub const JOBS_PER_SLOT: u32 = 3;
 
 /// How a dispatch fills Redis: [`Settings::dispatch_policy`](crate::Settings::dispatch_policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +206,20 @@ pub fn pick(batches: &[Waiting], room: usize) -> Picked {
     }
 }
 
+/// How many owners wait with nothing in Redis: [`pick`] gives each of them one image before any
+/// other owner's, so the first this many picks are their turns.
+fn newcomers(batches: &[Waiting]) -> usize {
+    let mut load: HashMap<Option<OwnerId>, (u64, bool)> = HashMap::new();
+    for b in batches {
+        let entry = load.entry(b.owner).or_default();
+        entry.0 += u64::from(b.in_redis);
+        entry.1 |= !b.images.is_empty();
+    }
+    load.values()
+        .filter(|&&(in_redis, waits)| in_redis == 0 && waits)
+        .count()
+}
+
 /// The baseline of `bench fair`: batches in the order they were queued, each in position order;
 /// no passes change.
 fn pick_fifo(batches: &[Waiting], room: usize) -> Picked {
@@ -219,9 +234,11 @@ fn pick_fifo(batches: &[Waiting], room: usize) -> Picked {
 }
 
 /// Pushes waiting images to Redis, fairly ([`pick`]), while fewer than the window of image jobs
-/// are there (twice the live image slots, at most `policy.max_window`). Jobs are pushed before the
-/// transaction that marks them enqueued commits: should the commit fail, they are pushed again
-/// later, and running an image twice is harmless, whereas the other order could lose them.
+/// are there (three times the live image slots, at most `policy.max_window`), and the first
+/// image of each owner with nothing there to the head of the queue, window full or not. Jobs
+/// are pushed before the transaction that marks them enqueued commits: should the commit fail,
+/// they are pushed again later, and running an image twice is harmless, whereas the other order
+/// could lose them.
 pub async fn dispatch(
     db: &Db,
     queues: &Queues,
@@ -253,14 +270,17 @@ pub async fn dispatch(
     // One statement: the window (from the live workers' slots), the room left in it, and the
     // candidates: of each owner's batches with images waiting, the `room` with the fewest in
     // Redis, each with its first `room` waiting images (no pick can go further), plus every
-    // batch with images in Redis, for its owner's count. One row without a batch: nothing waits.
+    // batch with images in Redis, for its owner's count. With the window full, the candidates
+    // are the first waiting image of each owner with nothing in Redis (its turn comes first).
+    // One row without a batch: nothing waits.
     let rows = sqlx::query(
         "WITH in_redis AS (
              SELECT batch_id, count(*)::int8 AS n FROM images
              WHERE status = 'pending' AND enqueued_at IS NOT NULL
              GROUP BY batch_id
          ), win AS (
-             SELECT w.window_size, greatest(w.window_size - coalesce(r.n, 0), 0) AS room
+             SELECT w.window_size, greatest(w.window_size - coalesce(r.n, 0), 0) AS room,
+                    greatest(w.window_size - coalesce(r.n, 0), 1) AS take
              FROM (SELECT CASE WHEN $4 THEN $1
                                ELSE least(greatest($3 * coalesce(sum(concurrency), 0), 1), $1)
                           END::int8 AS window_size
@@ -268,6 +288,8 @@ pub async fn dispatch(
                    WHERE stopped_at IS NULL
                      AND last_seen > now() - make_interval(secs => $2)) w,
                   (SELECT sum(n)::int8 AS n FROM in_redis) r
+         ), owners_in_redis AS (
+             SELECT DISTINCT b.owner_id FROM in_redis r JOIN batches b ON b.id = r.batch_id
          ), waiting AS (
              SELECT b.id, b.owner_id, b.queued_at, coalesce(r.n, 0) AS in_redis,
                     row_number() OVER (PARTITION BY CASE WHEN $4 THEN NULL ELSE b.owner_id END
@@ -275,7 +297,9 @@ pub async fn dispatch(
                                                 b.queued_at, b.id) AS nth
              FROM batches b LEFT JOIN in_redis r ON r.batch_id = b.id
              WHERE b.status IN ('uploading', 'open', 'queued', 'processing')
-               AND (SELECT room FROM win) > 0
+               AND ((SELECT room FROM win) > 0
+                    OR (NOT $4 AND NOT EXISTS (SELECT 1 FROM owners_in_redis o
+                                               WHERE o.owner_id IS NOT DISTINCT FROM b.owner_id)))
                AND EXISTS (SELECT 1 FROM images i
                            WHERE i.batch_id = b.id AND i.status = 'pending'
                              AND i.enqueued_at IS NULL)
@@ -284,14 +308,14 @@ pub async fn dispatch(
                     ARRAY(SELECT i.id FROM images i
                           WHERE i.batch_id = w.id AND i.status = 'pending'
                             AND i.enqueued_at IS NULL
-                          ORDER BY i.position LIMIT (SELECT room FROM win)) AS images
-             FROM waiting w WHERE w.nth <= (SELECT room FROM win)
+                          ORDER BY i.position LIMIT (SELECT take FROM win)) AS images
+             FROM waiting w WHERE w.nth <= (SELECT take FROM win)
              UNION ALL
              SELECT b.id, b.owner_id, b.queued_at, r.n, '{}'::uuid[]
              FROM in_redis r JOIN batches b ON b.id = r.batch_id
              WHERE EXISTS (SELECT 1 FROM waiting)
                AND NOT EXISTS (SELECT 1 FROM waiting w
-                               WHERE w.id = r.batch_id AND w.nth <= (SELECT room FROM win))
+                               WHERE w.id = r.batch_id AND w.nth <= (SELECT take FROM win))
          )
          SELECT win.window_size, win.room, c.id, c.owner_id,
                 coalesce(o.weight, 1)::float8 AS weight, coalesce(p.pass, 0) AS pass,
@@ -320,10 +344,6 @@ pub async fn dispatch(
         // A full window may hide a backlog: the next image to finish makes room.
         waiting: room == 0,
     };
-    if room == 0 {
-        tx.commit().await?;
-        return Ok(report);
-    }
     let mut batches = Vec::with_capacity(rows.len());
     for row in &rows {
         let Some(batch) = row.try_get::<Option<BatchId>, _>("id")? else {
@@ -338,17 +358,25 @@ pub async fn dispatch(
             images: row.try_get("images")?,
         });
     }
+    // The owners waiting with nothing in Redis: each one's first image goes to the front of the
+    // queue, even beyond a full window (by at most one job per such owner).
+    let newcomers = if policy.fifo { 0 } else { newcomers(&batches) };
+    if room == 0 && newcomers == 0 {
+        tx.commit().await?;
+        return Ok(report);
+    }
+    let take = room.max(newcomers);
     let Picked {
         images: picked,
         passes,
     } = if policy.fifo {
-        pick_fifo(&batches, room)
+        pick_fifo(&batches, take)
     } else {
-        pick(&batches, room)
+        pick(&batches, take)
     };
     let candidates: usize = batches.iter().map(|b| b.images.len()).sum();
     // Something may still wait when the room was filled, or some candidates were not picked.
-    report.waiting = picked.len() == room || candidates > picked.len();
+    report.waiting = room == 0 || picked.len() >= room || candidates > picked.len();
     if !picked.is_empty() {
         let ids: Vec<ImageId> = picked.iter().map(|&(_, image)| image).collect();
         let (owners, passes): (Vec<uuid::Uuid>, Vec<f64>) = passes
@@ -372,18 +400,19 @@ pub async fn dispatch(
         .fetch_all(&mut *tx)
         .await?;
         // Under the lock nothing else marks images; a picked image is left out only when its
-        // batch ended meanwhile.
-        let jobs: Vec<(BatchId, ImageId)> = if marked.len() == picked.len() {
-            picked
-        } else {
-            let marked: std::collections::HashSet<ImageId> = marked.into_iter().collect();
-            picked
-                .into_iter()
+        // batch ended meanwhile. The newcomers' turns are the first picks ([`pick`]).
+        let (front, back) = picked.split_at(newcomers.min(picked.len()));
+        let marked: std::collections::HashSet<ImageId> = marked.into_iter().collect();
+        let only_marked = |jobs: &[(BatchId, ImageId)]| -> Vec<(BatchId, ImageId)> {
+            jobs.iter()
+                .copied()
                 .filter(|(_, image)| marked.contains(image))
                 .collect()
         };
-        queues.enqueue_images(&jobs).await?;
-        report.images = jobs.len();
+        let (front, back) = (only_marked(front), only_marked(back));
+        queues.enqueue_images(&back).await?;
+        queues.enqueue_images_first(&front).await?;
+        report.images = front.len() + back.len();
     }
     tx.commit().await?;
     Ok(report)
@@ -484,6 +513,38 @@ mod tests {
             ]
         );
         assert_eq!(sequence(vec![a1, b1], 6), vec![0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn the_first_picks_are_one_image_of_each_owner_with_nothing_in_redis() {
+        let (a, b, c, d) = (
+            Some(OwnerId::new()),
+            Some(OwnerId::new()),
+            Some(OwnerId::new()),
+            None,
+        );
+        // A is served (in Redis, the smallest pass); B (weight 5), C and the owner-less
+        // batches wait with nothing there, C and D with two batches each.
+        let mut a1 = batch(a, 1.0, 6, 50);
+        a1.pass = 10.0;
+        let mut b1 = batch(b, 5.0, 0, 3);
+        b1.pass = 2.0;
+        let c1 = batch(c, 1.0, 0, 2);
+        let c2 = batch(c, 1.0, 0, 2);
+        let d1 = batch(d, 0.5, 0, 1);
+        let d2 = batch(d, 0.5, 0, 1);
+        let all = [a1.clone(), b1.clone(), c1.clone(), c2, d1.clone(), d2];
+        assert_eq!(newcomers(&all), 3);
+        for room in [3, 8] {
+            let picked = pick(&all, room);
+            let mut first: Vec<BatchId> = picked.images[..3].iter().map(|p| p.0).collect();
+            first.sort();
+            let mut want = vec![b1.batch, c1.batch, d1.batch];
+            want.sort();
+            assert_eq!(first, want, "room {room}: {:?}", picked.images);
+        }
+        // Nothing waits for an owner with nothing in Redis: no newcomer.
+        assert_eq!(newcomers(&[a1, batch(b, 1.0, 2, 0)]), 0);
     }
 
     #[test]

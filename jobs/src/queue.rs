@@ -26,6 +26,49 @@ end
 return deleted
 "#;
 
+/// Moves the jobs of the images `ARGV` (ids as they appear in the job data) to the head of the
+/// list of waiting jobs (`KEYS[3]`, which the workers take from its head), in the order of
+/// `ARGV`. apalis-redis keeps a pushed job in the scheduled set (`KEYS[1]`) until a fetch moves
+/// the due ones to the list, so the jobs are looked for there, and in the list should a fetch
+/// have moved them already. Both hold at most the dispatch window and the retries waiting.
+/// `KEYS[2]` is the job data hash, `KEYS[4]` the list that signals waiting jobs.
+const TO_FRONT_SCRIPT: &str = r#"
+local found = {}
+local function look(ids, from_list)
+    for _, id in ipairs(ids) do
+        local data = redis.call('HGET', KEYS[2], id)
+        if data then
+            for i, image in ipairs(ARGV) do
+                if found[i] == nil and string.find(data, image, 1, true) then
+                    found[i] = {id, from_list}
+                    break
+                end
+            end
+        end
+    end
+end
+look(redis.call('ZRANGE', KEYS[1], 0, -1), false)
+look(redis.call('LRANGE', KEYS[3], 0, -1), true)
+local moved = 0
+for i = #ARGV, 1, -1 do
+    local job = found[i]
+    if job then
+        if job[2] then
+            redis.call('LREM', KEYS[3], 1, job[1])
+        else
+            redis.call('ZREM', KEYS[1], job[1])
+        end
+        redis.call('LPUSH', KEYS[3], job[1])
+        moved = moved + 1
+    end
+end
+if moved > 0 then
+    redis.call('DEL', KEYS[4])
+    redis.call('LPUSH', KEYS[4], 1)
+end
+return moved
+"#;
+
 /// Version of the payloads below; a worker refuses (and logs) payloads of another version.
 pub const PAYLOAD_VERSION: u16 = 1;
 
@@ -134,6 +177,41 @@ impl Queues {
             .await
             .map_err(QueueError::from_sink)?;
         self.wake(&image_queue(&self.prefix)).await;
+        Ok(())
+    }
+
+    /// Pushes the jobs of `images` to the front of the queue, in this order, ahead of the jobs
+    /// waiting there (an owner's turn that should not wait behind a full window): they are
+    /// pushed like any job, then moved to the head of the list the workers take jobs from.
+    pub async fn enqueue_images_first(
+        &self,
+        images: &[(BatchId, ImageId)],
+    ) -> Result<(), QueueError> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        self.enqueue_images(images).await?;
+        let config = Self::config(&image_queue(&self.prefix), 1);
+        let to_front = redis::Script::new(TO_FRONT_SCRIPT);
+        let mut script = to_front.prepare_invoke();
+        script
+            .key(config.scheduled_jobs_set())
+            .key(config.job_data_hash())
+            .key(config.active_jobs_list())
+            .key(config.signal_list());
+        for (_, image) in images {
+            script.arg(image.to_string());
+        }
+        let mut conn = self.conn.clone();
+        let moved = script
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(QueueError::from_sink)?;
+        tracing::debug!(
+            jobs = images.len(),
+            moved,
+            "jobs pushed to the front of the queue"
+        );
         Ok(())
     }
 

@@ -32,8 +32,14 @@ pub struct Ctx {
     pub dispatch_now: Arc<tokio::sync::Notify>,
     /// Images may be waiting in Postgres for room in Redis: set by a dispatch that filled the
     /// window (or found it full) and by news of jobs pushed elsewhere, cleared by a dispatch
-    /// that found nothing more. While set, every image this worker finishes asks for a dispatch.
+    /// that found nothing more. While set, every `concurrency`-th image this worker finishes asks
+    /// for a dispatch.
     pub backlog: Arc<std::sync::atomic::AtomicBool>,
+    /// Images this worker finished since its last dispatch: with a backlog, every
+    /// `concurrency`-th asks for a dispatch (the window holds a slot's worth more than that).
+    pub finished_since_dispatch: Arc<std::sync::atomic::AtomicUsize>,
+    /// This worker's image slots.
+    pub concurrency: usize,
 }
 
 impl Ctx {

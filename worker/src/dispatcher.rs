@@ -1,6 +1,7 @@
 //! The dispatcher loop every worker runs: keeps Redis fed from Postgres (see
-//! `jobs::dispatch`) after every image this worker finishes and every poll interval, notices a
-//! Redis that lost its data, and trims finished jobs and dead workers' metadata from Redis.
+//! `jobs::dispatch`) after every `concurrency` images this worker finishes and every poll
+//! interval, notices a Redis that lost its data, and trims finished jobs and dead workers'
+//! metadata from Redis.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ pub async fn run(ctx: Ctx, interval: Duration) {
     let mut last_trim = Instant::now();
     let mut last_tidy = Instant::now();
     loop {
+        ctx.finished_since_dispatch.store(0, Ordering::Relaxed);
         match jobs::dispatch::dispatch(&ctx.db, &ctx.queues, policy).await {
             Ok(report) => {
                 ctx.backlog.store(report.waiting, Ordering::Relaxed);

@@ -98,9 +98,18 @@ pub async fn process_image(job: ProcessImage, ctx: Data<Ctx>) -> JobResult {
     metrics::IMAGES_IN_FLIGHT.dec();
     metrics::IMAGE_SECONDS.observe(started.elapsed().as_secs_f64());
     held.release();
-    // A slot is free: refill the window in Redis when images wait in Postgres (fairly: a
-    // newcomer's image goes next), and fetch the next image now rather than at the next poll.
-    if ctx.backlog.load(std::sync::atomic::Ordering::Relaxed) && !ctx.settings.dispatch_fifo {
+    // Slots are free: refill the window in Redis when images wait in Postgres, after every
+    // `concurrency` images (the window holds more than that in waiting jobs, and a newcomer's
+    // first image goes to the front of the queue whatever waits there), and fetch the next
+    // image now rather than at the next poll.
+    let finished = ctx
+        .finished_since_dispatch
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    if ctx.backlog.load(std::sync::atomic::Ordering::Relaxed)
+        && !ctx.settings.dispatch_fifo
+        && finished >= ctx.concurrency
+    {
         ctx.dispatch_now.notify_one();
     }
     ctx.wake_images.signal();

@@ -125,7 +125,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let db = jobs::connect_db(settings.database_url(), settings.database_pool_size).await?;
     let storage = jobs::storage::Storage::new(&settings);
     let conn = jobs::connect_redis(settings.redis_url()).await?;
-    let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, concurrency);
+    // One job per fetch: a fetched job waits in this worker until a slot frees, where a job
+    // pushed ahead of it (a newcomer's turn, `jobs::dispatch`) cannot overtake it.
+    let queues = jobs::queue::Queues::with_connection(conn, &settings.queue_prefix, 1);
     let ctx = Ctx {
         db,
         storage,
@@ -147,6 +149,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         in_hand: jobs::InProgress::default(),
         dispatch_now: Arc::default(),
         backlog: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        finished_since_dispatch: Arc::default(),
+        concurrency,
     };
     tracing::info!(worker = %name, concurrency, "worker starting");
     jobs::metrics::touch_all();
