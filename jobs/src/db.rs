@@ -23,7 +23,9 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         // A connection closed before the server answered the TLS request: sqlx reads no byte and
         // reports the zero it started with as the server's answer.
-        sqlx::Error::Protocol(message) => message == "unexpected response from SSLRequest: 0x00",
+        sqlx::Error::Protocol(message) => {
+            message.starts_with("unexpected response from SSLRequest: 0x00")
+        }
         // 57P: the server is shutting down or starting up; 08: the connection failed;
         // 40001/40P01: serialization failure or deadlock.
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
@@ -1130,8 +1132,9 @@ mod tests {
         assert!(!is_retryable(&sqlx::Error::RowNotFound));
         assert!(!is_retryable(&sqlx::Error::ColumnNotFound("status".into())));
         // A server that closes the connection at once (a proxy cut, Postgres going down).
+        // As sqlx words it, with where it was raised.
         assert!(is_retryable(&sqlx::Error::Protocol(
-            "unexpected response from SSLRequest: 0x00".into()
+            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into()
         )));
         assert!(!is_retryable(&sqlx::Error::Protocol(
             "unknown message type: 'x'".into()
