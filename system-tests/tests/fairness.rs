@@ -321,21 +321,17 @@ async fn jobs_pushed_to_the_front_come_first() {
     // jobs, and takes from the list's head.
     let mut c = conn.clone();
     let queue = jobs::queue::image_queue(&prefix);
-    let mut waiting: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{queue}:active"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let scheduled: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{queue}:scheduled"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    waiting.extend(scheduled);
+    let mut waiting: Vec<String> = Vec::new();
+    for (read, key) in [("LRANGE", "active"), ("ZRANGE", "scheduled")] {
+        let ids: Vec<String> = redis::cmd(read)
+            .arg(format!("{queue}:{key}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        waiting.extend(ids);
+    }
     let mut order = Vec::new();
     for id in &waiting {
         let data: Vec<u8> = redis::cmd("HGET")
